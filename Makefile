@@ -1,0 +1,64 @@
+# Two commands set everything up on a fresh machine: `make bench` and `make test`.
+# Both create or reuse .venv, install what is missing, and build the extension in place
+# (ninja, --no-build-isolation, so it compiles against the torch that imports it).
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+BUILT := .stamp-built
+CSRC := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
+CU := $(wildcard csrc/cuda/*.cu)
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_CHECK_DIR := build/cuda-check
+PYTEST_ARGS ?=
+
+.PHONY: setup build test bench demo info cuda-check gpu-check clean
+
+setup: $(DEPS)
+
+# torch: reuse one the base Python can import (a GPU machine's CUDA build), else the
+# pinned CPU wheel. Never a bare `torch`: that pulls several GB of CUDA packages.
+$(DEPS): Makefile
+	@if [ ! -x $(VPY) ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; fi
+	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
+	@$(VPY) -c "import numpy, pybind11, ninja, pytest, pytest_benchmark, tqdm, matplotlib, setuptools, wheel" 2>/dev/null || \
+	  $(VPY) -m pip install -q numpy pybind11 ninja pytest pytest-benchmark tqdm matplotlib setuptools wheel
+	@touch $@
+
+build: $(BUILT)
+
+$(BUILT): $(DEPS) $(CSRC)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) setup.py -q build_ext --inplace
+	@touch $@
+
+# Every CUDA source must compile for sm_80 and sm_90 with plain nvcc (no torch, no cuBLAS).
+cuda-check:
+	@if [ -z "$(NVCC)" ]; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
+	mkdir -p $(CUDA_CHECK_DIR); \
+	for f in $(CU); do \
+	  echo "nvcc $$f (sm_80, sm_90)"; \
+	  $(NVCC) -std=c++17 -O2 -Icsrc -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 \
+	    -c $$f -o $(CUDA_CHECK_DIR)/$$(basename $$f).o || exit 1; \
+	done
+
+test: $(BUILT)
+	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory cuda-check; fi
+	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
+
+bench: $(BUILT)
+	$(VPY) -m fused_rnn bench $(BENCH_ARGS)
+
+demo: $(BUILT)
+	$(VPY) -m fused_rnn demo $(DEMO_ARGS)
+
+info: $(BUILT)
+	$(VPY) -m fused_rnn info
+
+# On a lent GPU machine: build with CUDA, CUDA tests, sanitizers, benchmark vs cuDNN.
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf build $(BUILT) fused_rnn/_C*.so

@@ -1,0 +1,76 @@
+// Shared by g++ and nvcc: the qualifier for cell math, the scalar math functions, and the
+// raw-pointer argument blocks of one time step that the CPU passes and the CUDA kernels read.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FUSED_RNN_HD __host__ __device__ __forceinline__
+#else
+#define FUSED_RNN_HD inline
+#endif
+
+namespace fused_rnn {
+
+// Math<V>: the nonlinearities for a value type V. Scalars are defined here; the CPU adds
+// specializations for at::vec::Vectorized (csrc/cpu/vec_math.h), so one cell definition
+// runs on 1 lane on the GPU and on 8/16 lanes on the CPU.
+template <class V>
+struct Math;
+
+template <>
+struct Math<float> {
+  static FUSED_RNN_HD float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
+  static FUSED_RNN_HD float tanh(float x) { return ::tanhf(x); }
+  static FUSED_RNN_HD float relu(float x) { return x > 0.0f ? x : 0.0f; }
+  // d relu(p) = dy where the output y = relu(p) is positive (p == 0 gives 0, as torch does).
+  static FUSED_RNN_HD float relu_grad(float y, float dy) { return y > 0.0f ? dy : 0.0f; }
+};
+
+template <>
+struct Math<double> {
+  static FUSED_RNN_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
+  static FUSED_RNN_HD double tanh(double x) { return ::tanh(x); }
+  static FUSED_RNN_HD double relu(double x) { return x > 0.0 ? x : 0.0; }
+  static FUSED_RNN_HD double relu_grad(double y, double dy) { return y > 0.0 ? dy : 0.0; }
+};
+
+// One forward step over `rows` rows of `hidden` units. Pointers are already offset to the
+// step's first row; strides are in elements. Nullable pointers are marked.
+template <class T>
+struct ForwardStep {
+  int64_t rows = 0, hidden = 0;
+  const T* x_gates = nullptr;  // [rows, G*H] x W_ih^T + b_ih (all steps projected up front)
+  int64_t x_stride = 0;
+  const T* h_gates = nullptr;  // [rows, G*H] h_prev W_hh^T (this step's GEMM)
+  int64_t h_stride = 0;
+  const T* bias_hh = nullptr;  // [G*H] or null
+  T* h_state = nullptr;        // [rows, H] recurrent state: GRU reads h_prev here; the step
+  int64_t h_state_stride = 0;  //   writes h' here (null for projected LSTM: driver copies)
+  T* c_state = nullptr;        // LSTM: [rows, H] c_prev in, c' out
+  T* h_out = nullptr;          // [rows, H] h' (the output rows, or the workspace's h column)
+  int64_t h_out_stride = 0;
+  T* ws = nullptr;             // [rows, Cell::kWorkspace*H] what backward needs, or null
+  int64_t ws_stride = 0;
+};
+
+// One backward step: the mirror image of ForwardStep.
+template <class T>
+struct BackwardStep {
+  int64_t rows = 0, hidden = 0;
+  const T* grad_h = nullptr;   // [rows, H] dL/dh' from this step's output (or via W_hr)
+  int64_t grad_h_stride = 0;
+  T* grad_h_state = nullptr;   // [rows, H] dL/dh' from the next step, nullable; GRU
+  int64_t grad_h_state_stride = 0;  // overwrites it with the direct path dL/dh_prev = dh*z
+  T* grad_c_state = nullptr;   // LSTM: [rows, H] dL/dc' in, dL/dc_prev out
+  const T* ws = nullptr;       // [rows, ...] saved by forward
+  int64_t ws_stride = 0;
+  const T* h_prev = nullptr;   // GRU: [rows, H] h_prev
+  int64_t h_prev_stride = 0;
+  T* d_gates_x = nullptr;      // [rows, G*H] dL/d(pre-activation) along the input path
+  T* d_gates_h = nullptr;      // GRU: [rows, G*H] along the hidden path (n differs by r)
+  int64_t d_gates_stride = 0;
+};
+
+}  // namespace fused_rnn

@@ -1,0 +1,73 @@
+// GRU cell, torch.nn gate order r|z|n:
+//   r = s(x_r + h_r)  z = s(x_z + h_z)      (x_* = W_i* x + b_i*, h_* = W_h* h + b_h*)
+//   n = tanh(x_n + r * h_n)                  h' = (1 - z) * n + z * h
+// The only place these equations are written.
+#pragma once
+#include "common.h"
+
+namespace fused_rnn {
+
+struct GruCell {
+  static constexpr int kGates = 3;
+  // Workspace columns per row, in units of H: r z n (activated), h_n = W_hn h + b_hn.
+  static constexpr int kWorkspace = 4;
+  static constexpr bool kHasCellState = false;
+  // d/dh_n = d/dn_pre * r differs from the input path's d/dx_n = d/dn_pre.
+  static constexpr bool kSplitGateGrads = true;
+  static constexpr const char* kName = "gru";
+
+  template <class V, class T, class IO>
+  static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+    using M = Math<V>;
+    const int64_t H = a.hidden;
+    const T* xg = a.x_gates + b * a.x_stride + j;
+    const T* hg = a.h_gates + b * a.h_stride + j;
+    V hr = io.load(hg), hz = io.load(hg + H), hn = io.load(hg + 2 * H);
+    if (a.bias_hh) {
+      hr = hr + io.load(a.bias_hh + j);
+      hz = hz + io.load(a.bias_hh + H + j);
+      hn = hn + io.load(a.bias_hh + 2 * H + j);
+    }
+    const V r = M::sigmoid(io.load(xg) + hr);
+    const V z = M::sigmoid(io.load(xg + H) + hz);
+    const V n = M::tanh(io.load(xg + 2 * H) + r * hn);
+    T* h_ptr = a.h_state + b * a.h_state_stride + j;
+    const V h = n + z * (io.load(h_ptr) - n);
+    io.store(h_ptr, h);
+    io.store(a.h_out + b * a.h_out_stride + j, h);
+    if (a.ws) {
+      T* w = a.ws + b * a.ws_stride + j;
+      io.store(w, r);
+      io.store(w + H, z);
+      io.store(w + 2 * H, n);
+      io.store(w + 3 * H, hn);
+    }
+  }
+
+  template <class V, class T, class IO>
+  static FUSED_RNN_HD void backward(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+    const int64_t H = a.hidden;
+    const V one(1);
+    T* dh_state = a.grad_h_state ? a.grad_h_state + b * a.grad_h_state_stride + j : nullptr;
+    V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
+    if (dh_state) dh = dh + io.load(dh_state);
+    const T* w = a.ws + b * a.ws_stride + j;
+    const V r = io.load(w), z = io.load(w + H), n = io.load(w + 2 * H), hn = io.load(w + 3 * H);
+    const V h_prev = io.load(a.h_prev + b * a.h_prev_stride + j);
+    const V dn = dh * (one - z) * (one - n * n);
+    const V dz = dh * (h_prev - n) * z * (one - z);
+    const V dr = dn * hn * r * (one - r);
+    T* dx = a.d_gates_x + b * a.d_gates_stride + j;
+    T* dhg = a.d_gates_h + b * a.d_gates_stride + j;
+    io.store(dx, dr);
+    io.store(dx + H, dz);
+    io.store(dx + 2 * H, dn);
+    io.store(dhg, dr);
+    io.store(dhg + H, dz);
+    io.store(dhg + 2 * H, dn * r);
+    // The direct path h' = ... + z * h_prev; the driver adds dgates_h W_hh on top.
+    io.store(dh_state, dh * z);
+  }
+};
+
+}  // namespace fused_rnn

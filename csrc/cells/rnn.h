@@ -1,0 +1,44 @@
+// Elman RNN cell: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+// The only place these equations are written.
+#pragma once
+#include "common.h"
+
+namespace fused_rnn {
+
+enum class Activation { kTanh, kRelu };
+
+template <Activation kAct>
+struct RnnCell {
+  static constexpr int kGates = 1;
+  // Workspace columns per row, in units of H: h' (its derivative needs only the output).
+  static constexpr int kWorkspace = 1;
+  static constexpr bool kHasCellState = false;
+  static constexpr bool kSplitGateGrads = false;
+  static constexpr const char* kName = kAct == Activation::kTanh ? "rnn_tanh" : "rnn_relu";
+
+  template <class V, class T, class IO>
+  static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+    using M = Math<V>;
+    V p = io.load(a.x_gates + b * a.x_stride + j) + io.load(a.h_gates + b * a.h_stride + j);
+    if (a.bias_hh) p = p + io.load(a.bias_hh + j);
+    const V h = kAct == Activation::kTanh ? M::tanh(p) : M::relu(p);
+    io.store(a.h_state + b * a.h_state_stride + j, h);
+    io.store(a.h_out + b * a.h_out_stride + j, h);
+    if (a.ws) io.store(a.ws + b * a.ws_stride + j, h);
+  }
+
+  template <class V, class T, class IO>
+  static FUSED_RNN_HD void backward(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+    using M = Math<V>;
+    V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
+    if (a.grad_h_state) dh = dh + io.load(a.grad_h_state + b * a.grad_h_state_stride + j);
+    const V h = io.load(a.ws + b * a.ws_stride + j);
+    const V dp = kAct == Activation::kTanh ? dh * (V(1) - h * h) : M::relu_grad(h, dh);
+    io.store(a.d_gates_x + b * a.d_gates_stride + j, dp);
+  }
+};
+
+using RnnTanhCell = RnnCell<Activation::kTanh>;
+using RnnReluCell = RnnCell<Activation::kRelu>;
+
+}  // namespace fused_rnn

@@ -1,0 +1,56 @@
+// The op schemas (TORCH_LIBRARY), their CPU impls, and the Python module of build facts.
+// CUDA impls are registered by ops_cuda.cpp, compiled only when CUDA is built.
+#include <torch/extension.h>
+
+#include "cpu/pointwise.h"
+#include "op_impls.h"
+
+TORCH_LIBRARY(fused_rnn, m) {
+  m.def("lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, "
+        "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, bool reverse, "
+        "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def("lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+        "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+        "Tensor? bias_hh, Tensor? weight_hr, Tensor workspace, bool reverse) -> (Tensor grad_input, "
+        "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
+        "Tensor grad_bias_hh, Tensor grad_weight_hr)");
+  m.def("gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
+        "Tensor? bias_ih, Tensor? bias_hh, bool reverse, bool need_workspace) -> (Tensor output, "
+        "Tensor h_n, Tensor workspace)");
+  m.def("gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
+        "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor workspace, "
+        "bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
+        "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  m.def("rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
+        "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, bool reverse, bool need_workspace) -> "
+        "(Tensor output, Tensor h_n, Tensor workspace)");
+  m.def("rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
+        "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, "
+        "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
+        "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+}
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { FUSED_RNN_REGISTER_IMPLS(m, fused_rnn::CpuDevice); }
+
+#ifndef FUSED_RNN_CUDA_ARCHS
+#define FUSED_RNN_CUDA_ARCHS ""
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fused_rnn C++/CUDA kernels; the ops live in torch.ops.fused_rnn";
+#ifdef FUSED_RNN_WITH_CUDA
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+  m.attr("cuda_archs") = FUSED_RNN_CUDA_ARCHS;
+  m.def(
+      "workspace_width",
+      [](const std::string& cell, int64_t hidden, int64_t state, bool proj) {
+        int cols = cell == "lstm" ? fused_rnn::LstmCell::kWorkspace
+                   : cell == "gru" ? fused_rnn::GruCell::kWorkspace
+                                   : fused_rnn::RnnTanhCell::kWorkspace;
+        return fused_rnn::WorkspaceLayout::make(cols, hidden, state, proj).width;
+      },
+      "Columns of the workspace a forward with need_workspace=True returns.");
+}

@@ -1,0 +1,236 @@
+// The time-loop driver, written once for every cell and both devices.
+//
+// Forward: the input projection of all steps is ONE GEMM; each step is one recurrent GEMM
+// into a preallocated buffer and one fused pointwise pass (Device::forward_step).
+// Backward: the mirror image per step (one pointwise pass, one GEMM for dh); the weight
+// gradients, dx and the bias gradients are single GEMMs / reductions over all steps after
+// the loop. GEMMs go through ATen, so BLAS/oneDNN on the CPU, cuBLAS on the current stream.
+//
+// Device provides dispatch(dtype, fn), forward_step<Cell>(ForwardStep<T>) and
+// backward_step<Cell>(BackwardStep<T>); the CPU's is in cpu/pointwise.h, the CUDA one in
+// ops_cuda.cpp. Nothing here knows about layers, directions or modules.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "cells/common.h"
+
+namespace fused_rnn {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+struct LayerWeights {
+  Tensor w_ih, w_hh;
+  OptTensor b_ih, b_hh, w_hr;
+};
+
+// One time step's rows: [offset, offset + rows) of the [N, ...] input/output matrices.
+struct StepRows {
+  int64_t offset, rows;
+};
+
+struct Sizes {
+  int64_t steps, batch, input, hidden, state;  // state = proj_size or hidden
+};
+
+// Workspace columns: the cell's own (Cell::kWorkspace * H), then for a projected LSTM the
+// unprojected h (H), then the recurrent input of the step, h_prev (state size).
+struct WorkspaceLayout {
+  int64_t cell_cols, h_col, h_prev_col, width;
+  static WorkspaceLayout make(int cell_ws, int64_t hidden, int64_t state, bool proj) {
+    WorkspaceLayout l;
+    l.cell_cols = cell_ws * hidden;
+    l.h_col = l.cell_cols;
+    l.h_prev_col = l.cell_cols + (proj ? hidden : 0);
+    l.width = l.h_prev_col + state;
+    return l;
+  }
+};
+
+// Validates the arguments of a layer (shared by forward and backward) and returns sizes and
+// the rows of every step in time order. Messages name the argument, expectation and value.
+Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Tensor& input,
+                       const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
+                       const LayerWeights& w, std::vector<StepRows>* steps);
+
+template <class T>
+T* ptr(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+template <class T>
+T* ptr(const OptTensor& t) {
+  return t.has_value() ? ptr<T>(*t) : nullptr;
+}
+
+inline Tensor contiguous_or_empty(const OptTensor& t) {
+  return t.has_value() ? t->contiguous() : Tensor();
+}
+
+// Returns (output, h_n, c_n [LSTM, else empty], workspace [empty when !need_workspace]).
+template <class Cell, class Device>
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, const OptTensor& batch_sizes,
+                                                         const Tensor& h0, const OptTensor& c0,
+                                                         const LayerWeights& w, bool reverse,
+                                                         bool need_workspace) {
+  std::vector<StepRows> steps;
+  const Sizes s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input_, batch_sizes,
+                                   h0, c0, w, &steps);
+  const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
+  const bool proj = w.w_hr.has_value();
+  const Tensor input = input_.contiguous();
+  const int64_t N = input.numel() / s.input;
+  const Tensor x2d = input.view({N, s.input});
+  const Tensor w_hh_t = w.w_hh.t();
+  const Tensor b_hh = contiguous_or_empty(w.b_hh);
+
+  // All steps' input projections at once.
+  const Tensor x_gates = w.b_ih.has_value() ? at::addmm(*w.b_ih, x2d, w.w_ih.t()) : at::mm(x2d, w.w_ih.t());
+
+  std::vector<int64_t> out_shape = input.sizes().vec();
+  out_shape.back() = P;
+  Tensor output = at::empty(out_shape, input.options());
+  Tensor out2d = output.view({N, P});
+  Tensor h_state = h0.contiguous().clone();
+  Tensor c_state = Cell::kHasCellState ? c0->contiguous().clone() : Tensor();
+  Tensor h_gates = at::empty({s.batch, G * H}, input.options());
+
+  const WorkspaceLayout layout = WorkspaceLayout::make(Cell::kWorkspace, H, P, proj);
+  Tensor ws = need_workspace ? at::empty({N, layout.width}, input.options()) : at::empty({0}, input.options());
+  // A projected LSTM's unprojected h' goes to the workspace, or to scratch in inference.
+  Tensor h_scratch = proj && !need_workspace ? at::empty({s.batch, H}, input.options()) : Tensor();
+  const Tensor w_hr_t = proj ? w.w_hr->t() : Tensor();
+
+  Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n_steps = static_cast<int64_t>(steps.size());
+    for (int64_t k = 0; k < n_steps; ++k) {
+      const StepRows& st = steps[reverse ? n_steps - 1 - k : k];
+      const Tensor h_prev = h_state.narrow(0, 0, st.rows);
+      Tensor h_gates_rows = h_gates.narrow(0, 0, st.rows);
+      at::mm_out(h_gates_rows, h_prev, w_hh_t);
+      if (need_workspace) ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_prev_col, P).copy_(h_prev);
+
+      ForwardStep<T> a;
+      a.rows = st.rows;
+      a.hidden = H;
+      a.x_gates = ptr<T>(x_gates) + st.offset * G * H;
+      a.x_stride = G * H;
+      a.h_gates = ptr<T>(h_gates);
+      a.h_stride = G * H;
+      a.bias_hh = ptr<T>(b_hh);
+      a.c_state = ptr<T>(c_state);
+      a.ws = need_workspace ? ptr<T>(ws) + st.offset * layout.width : nullptr;
+      a.ws_stride = layout.width;
+      if (proj) {
+        a.h_out = need_workspace ? a.ws + layout.h_col : ptr<T>(h_scratch);
+        a.h_out_stride = need_workspace ? layout.width : H;
+      } else {
+        a.h_out = ptr<T>(out2d) + st.offset * P;
+        a.h_out_stride = P;
+        a.h_state = ptr<T>(h_state);
+        a.h_state_stride = P;
+      }
+      Device::template forward_step<Cell, T>(a);
+
+      if (proj) {
+        const Tensor h_unprojected = need_workspace
+                                         ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, H)
+                                         : h_scratch.narrow(0, 0, st.rows);
+        Tensor out_rows = out2d.narrow(0, st.offset, st.rows);
+        at::mm_out(out_rows, h_unprojected, w_hr_t);
+        h_state.narrow(0, 0, st.rows).copy_(out_rows);
+      }
+    }
+  });
+  return {output, h_state, Cell::kHasCellState ? c_state : at::empty({0}, input.options()), ws};
+}
+
+// Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); absent ones are empty tensors.
+template <class Cell, class Device>
+std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const OptTensor& grad_c_n,
+                                   const Tensor& input_, const OptTensor& batch_sizes, const Tensor& h0,
+                                   const OptTensor& c0, const LayerWeights& w, const Tensor& ws,
+                                   bool reverse) {
+  std::vector<StepRows> steps;
+  const Sizes s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input_, batch_sizes,
+                                   h0, c0, w, &steps);
+  const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
+  const bool proj = w.w_hr.has_value();
+  const Tensor input = input_.contiguous();
+  const int64_t N = input.numel() / s.input;
+  const WorkspaceLayout layout = WorkspaceLayout::make(Cell::kWorkspace, H, P, proj);
+  TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == layout.width, Cell::kName,
+              "_backward: workspace has shape ", ws.sizes(), " but [", N, ", ", layout.width,
+              "] was expected; was the forward run with need_workspace=True on the same arguments?");
+  TORCH_CHECK(grad_output.numel() == N * P, Cell::kName, "_backward: grad_output has ", grad_output.numel(),
+              " elements, expected ", N * P);
+  const Tensor ws_c = ws.contiguous();
+  const Tensor go2d = grad_output.contiguous().view({N, P});
+  const auto opts = input.options();
+
+  Tensor d_gates_x = at::empty({N, G * H}, opts);
+  Tensor d_gates_h = Cell::kSplitGateGrads ? at::empty({N, G * H}, opts) : d_gates_x;
+  Tensor dh_state = grad_h_n.contiguous().clone();
+  Tensor dc_state = Cell::kHasCellState ? grad_c_n->contiguous().clone() : Tensor();
+  Tensor d_proj = proj ? at::empty({N, P}, opts) : Tensor();    // dL/d(projected h) per row
+  Tensor dh_buf = proj ? at::empty({s.batch, H}, opts) : Tensor();  // that times W_hr
+  const Tensor h_prev_all = ws_c.narrow(1, layout.h_prev_col, P);
+
+  Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n_steps = static_cast<int64_t>(steps.size());
+    for (int64_t k = 0; k < n_steps; ++k) {  // the forward order, reversed
+      const StepRows& st = steps[reverse ? k : n_steps - 1 - k];
+      Tensor dh_rows = dh_state.narrow(0, 0, st.rows);
+      BackwardStep<T> a;
+      a.rows = st.rows;
+      a.hidden = H;
+      if (proj) {
+        Tensor dp = d_proj.narrow(0, st.offset, st.rows);
+        at::add_out(dp, go2d.narrow(0, st.offset, st.rows), dh_rows);
+        Tensor dh_buf_rows = dh_buf.narrow(0, 0, st.rows);
+        at::mm_out(dh_buf_rows, dp, *w.w_hr);
+        a.grad_h = ptr<T>(dh_buf);
+        a.grad_h_stride = H;
+      } else {
+        a.grad_h = ptr<T>(go2d) + st.offset * P;
+        a.grad_h_stride = P;
+        a.grad_h_state = ptr<T>(dh_state);
+        a.grad_h_state_stride = P;
+      }
+      a.grad_c_state = ptr<T>(dc_state);
+      a.ws = ptr<T>(ws_c) + st.offset * layout.width;
+      a.ws_stride = layout.width;
+      a.h_prev = a.ws + layout.h_prev_col;
+      a.h_prev_stride = layout.width;
+      a.d_gates_x = ptr<T>(d_gates_x) + st.offset * G * H;
+      a.d_gates_h = ptr<T>(d_gates_h) + st.offset * G * H;
+      a.d_gates_stride = G * H;
+      Device::template backward_step<Cell, T>(a);
+
+      const Tensor dg_h = d_gates_h.narrow(0, st.offset, st.rows);
+      if (Cell::kSplitGateGrads) {
+        dh_rows.addmm_(dg_h, w.w_hh);  // on top of the direct path the step wrote
+      } else {
+        at::mm_out(dh_rows, dg_h, w.w_hh);
+      }
+    }
+  });
+
+  const Tensor x2d = input.view({N, s.input});
+  Tensor dx = at::mm(d_gates_x, w.w_ih).view(input.sizes());
+  Tensor dw_ih = at::mm(d_gates_x.t(), x2d);
+  Tensor dw_hh = at::mm(d_gates_h.t(), h_prev_all);
+  // Sums over rows are deterministic reductions (no atomics) on both devices.
+  Tensor db_ih = w.b_ih.has_value() ? d_gates_x.sum(0) : at::empty({0}, opts);
+  Tensor db_hh = w.b_hh.has_value() ? d_gates_h.sum(0) : at::empty({0}, opts);
+  Tensor dw_hr = proj ? at::mm(d_proj.t(), ws_c.narrow(1, layout.h_col, H)) : at::empty({0}, opts);
+  Tensor dc0 = Cell::kHasCellState ? dc_state : at::empty({0}, opts);
+  return {dx, dh_state, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,15 @@
+"""fused_rnn: LSTM, GRU and Elman RNN with fused C++/CUDA kernels.
+
+Drop-in replacements for ``torch.nn.LSTM/GRU/RNN`` and their cells, plus the functional
+single-layer ops they are built from (``fused_rnn.functional``) and the pure-PyTorch
+reference every kernel is tested against (``fused_rnn.reference``).
+"""
+__version__ = "0.1.0"
+
+from . import _ops  # loads the compiled extension and registers the ops
+from . import functional, reference
+from .rnn import LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell
+from .convert import to_fused, to_torch
+
+__all__ = ["functional", "reference", "__version__",
+           "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "to_fused", "to_torch"]

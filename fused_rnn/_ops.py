@@ -1,0 +1,132 @@
+"""Loads the compiled extension and gives its ops (torch.ops.fused_rnn.*) fake kernels for
+torch.compile and autograd formulas (the backward ops; double backward via the reference)."""
+import torch
+
+try:
+    from . import _C
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "fused_rnn's compiled extension (fused_rnn._C) could not be loaded: "
+        f"{error}. Build it from the repository root with `make build` "
+        "(or `pip install --no-build-isolation -e .`)."
+    ) from error
+
+from . import reference
+
+ops = torch.ops.fused_rnn
+
+
+class _OpSpec:
+    """How one cell's forward op lays out its arguments and outputs.
+
+    forward(input, batch_sizes, *states0, *weights, *extras, reverse, need_workspace)
+        -> (output, *states_n, workspace)
+    backward(grad_output, *grad_states_n, input, batch_sizes, *states0, *weights, *extras,
+             workspace, reverse) -> (grad_input, *grad_states0, *grad_weights)
+    """
+
+    def __init__(self, cell, n_states, n_weights, n_extras, gates):
+        self.cell, self.n_states, self.n_weights, self.n_extras = cell, n_states, n_weights, n_extras
+        self.gates = gates
+        self.n_tensors = 2 + n_states + n_weights  # input, batch_sizes, states, weights
+
+    def split(self, args):
+        n = self.n_tensors
+        tensors, extras = args[:n], args[n:n + self.n_extras]
+        reverse, need_workspace = args[n + self.n_extras:]
+        return tensors, extras, reverse, need_workspace
+
+    def workspace_width(self, hidden, state, proj):
+        return _C.workspace_width(self.cell, hidden, state, proj)
+
+
+SPECS = {
+    "lstm": _OpSpec("lstm", n_states=2, n_weights=5, n_extras=0, gates=4),
+    "gru": _OpSpec("gru", n_states=1, n_weights=4, n_extras=0, gates=3),
+    "rnn": _OpSpec("rnn", n_states=1, n_weights=4, n_extras=1, gates=1),
+}
+
+
+def _reference_call(spec, tensors, extras, reverse):
+    """The same forward through fused_rnn.reference: (output, *states_n)."""
+    input, batch_sizes = tensors[0], tensors[1]
+    states = tensors[2:2 + spec.n_states]
+    weights = tensors[2 + spec.n_states:]
+    if spec.cell == "lstm":
+        out, (h, c) = reference.lstm(input, tuple(states), *weights, batch_sizes=batch_sizes, reverse=reverse)
+        return out, h, c
+    fn = reference.gru if spec.cell == "gru" else reference.rnn
+    kwargs = {"nonlinearity": extras[0]} if spec.cell == "rnn" else {}
+    out, h = fn(input, states[0], *weights, batch_sizes=batch_sizes, reverse=reverse, **kwargs)
+    return out, h
+
+
+def _register(spec):
+    forward_name = f"fused_rnn::{spec.cell}_forward"
+    backward_op = getattr(ops, f"{spec.cell}_backward")
+
+    @torch.library.register_fake(forward_name)
+    def _forward_fake(*args):
+        tensors, _, _, need_workspace = spec.split(args)
+        input, states0, weights = tensors[0], tensors[2:2 + spec.n_states], tensors[2 + spec.n_states:]
+        w_hh = weights[1]
+        hidden, state = w_hh.shape[0] // spec.gates, w_hh.shape[1]
+        proj = spec.cell == "lstm" and weights[4] is not None
+        output = input.new_empty((*input.shape[:-1], state))
+        if need_workspace:
+            rows = input.numel() // input.shape[-1]
+            workspace = input.new_empty((rows, spec.workspace_width(hidden, state, proj)))
+        else:
+            workspace = input.new_empty((0,))
+        return (output, *(s.new_empty(s.shape) for s in states0), workspace)
+
+    @torch.library.register_fake(f"fused_rnn::{spec.cell}_backward")
+    def _backward_fake(*args):
+        tensors = args[1 + spec.n_states:1 + spec.n_states + spec.n_tensors]
+        input, states0, weights = tensors[0], tensors[2:2 + spec.n_states], tensors[2 + spec.n_states:]
+        grads = [input.new_empty(input.shape)] + [s.new_empty(s.shape) for s in states0]
+        grads += [w.new_empty(w.shape) if w is not None else input.new_empty((0,)) for w in weights]
+        return tuple(grads)
+
+    def setup_context(ctx, inputs, output):
+        tensors, extras, reverse, need_workspace = spec.split(inputs)
+        workspace = output[-1]
+        ctx.mark_non_differentiable(workspace)
+        ctx.batch_sizes, ctx.extras, ctx.reverse = tensors[1], extras, reverse
+        ctx.need_workspace = need_workspace
+        ctx.output_shapes = [o.shape for o in output[:-1]]
+        ctx.save_for_backward(tensors[0], *tensors[2:], workspace)
+
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        input, rest, workspace = saved[0], saved[1:-1], saved[-1]
+        tensors = (input, ctx.batch_sizes, *rest)
+        grads = [
+            g if g is not None else input.new_zeros(shape)
+            for g, shape in zip(grads[:-1], ctx.output_shapes)
+        ]
+        differentiable = [input, *rest]  # every tensor argument but batch_sizes
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiate the reference so the result is differentiable.
+            wanted = [t for t in differentiable if t is not None and t.requires_grad]
+            with torch.enable_grad():
+                outs = _reference_call(spec, tensors, ctx.extras, ctx.reverse)
+            found = iter(torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True))
+            result = [next(found) if t is not None and t.requires_grad else None for t in differentiable]
+        else:
+            if not ctx.need_workspace:
+                raise RuntimeError(
+                    f"fused_rnn::{spec.cell}_forward was called with need_workspace=False, so it kept "
+                    "nothing to differentiate; call it with need_workspace=True (fused_rnn.functional "
+                    "does this whenever a gradient is needed)"
+                )
+            raw = backward_op(*grads, *tensors, *ctx.extras, workspace, ctx.reverse)
+            result = [g if t is not None else None for g, t in zip(raw, differentiable)]
+        # Map onto the forward's arguments: batch_sizes, the extras and the flags get None.
+        return (result[0], None, *result[1:], *([None] * spec.n_extras), None, None)
+
+    torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+
+
+for _spec in SPECS.values():
+    _register(_spec)

@@ -1,0 +1,145 @@
+"""Pure-PyTorch reference of every fused_rnn op: the ground truth the kernels are tested against.
+
+One layer, one direction, written as plainly as possible with torch.nn's equations and gate
+order. Everything here is differentiable by autograd (no in-place writes; outputs are built
+with torch.cat), so gradients of the reference are the reference gradients.
+
+Row layout follows ``torch.nn.utils.rnn.PackedSequence``: packed ``input`` is ``[N, I]`` with
+``batch_sizes`` (CPU int64, non-increasing); step t owns rows ``[offset_t, offset_t +
+batch_sizes[t])``, which belong to the first ``batch_sizes[t]`` sequences. Padded input
+``[T, B, I]`` is the special case ``batch_sizes = [B] * T``.
+"""
+import torch
+import torch.nn.functional as F
+
+__all__ = ["lstm_cell", "gru_cell", "rnn_cell", "lstm", "gru", "rnn"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells: one time step.
+# ---------------------------------------------------------------------------------------------
+
+def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
+    """One step. x [B, I], hx = (h [B, P or H], c [B, H]) -> (h', c').
+
+    h' is projected by weight_hr [P, H] when given: h' = (o * tanh(c')) @ weight_hr.T.
+    """
+    h, c = hx
+    gates = F.linear(x, weight_ih, bias_ih) + F.linear(h, weight_hh, bias_hh)
+    i, f, g, o = gates.chunk(4, -1)
+    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_next = torch.sigmoid(o) * torch.tanh(c_next)
+    if weight_hr is not None:
+        h_next = F.linear(h_next, weight_hr)
+    return h_next, c_next
+
+
+def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One step. x [B, I], h [B, H] -> h' [B, H]. Gate order r|z|n; b_hn sits inside r * (...)."""
+    x_r, x_z, x_n = F.linear(x, weight_ih, bias_ih).chunk(3, -1)
+    h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, -1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+def rnn_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
+    """One step. x [B, I], h [B, H] -> h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+    pre = F.linear(x, weight_ih, bias_ih) + F.linear(h, weight_hh, bias_hh)
+    if nonlinearity == "tanh":
+        return torch.tanh(pre)
+    if nonlinearity == "relu":
+        return torch.relu(pre)
+    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The time loop, once for all cells. A state is a tuple of [B, ...] tensors whose first entry
+# is the hidden state that goes to the output.
+# ---------------------------------------------------------------------------------------------
+
+def _recurrence(step, input, state0, batch_sizes, reverse):
+    if batch_sizes is None:  # padded [T, B, I] == packed with every sequence of length T
+        T, B = input.shape[:2]
+        batch_sizes = torch.full((T,), B, dtype=torch.int64)
+        output, state = _recurrence(step, input.reshape(T * B, -1), state0, batch_sizes, reverse)
+        return output.reshape(T, B, -1), state
+
+    sizes = batch_sizes.tolist()
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    outputs = [None] * len(sizes)
+
+    if not reverse:
+        state = state0
+        for t, n in enumerate(sizes):
+            new = step(input[offsets[t]:offsets[t + 1]], tuple(s[:n] for s in state))
+            # Rows n: have finished their sequence; they keep their last state.
+            state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
+            outputs[t] = new[0]
+    else:
+        state = tuple(s[:0] for s in state0)  # no sequence has started yet
+        for t in reversed(range(len(sizes))):
+            n = sizes[t]
+            # Sequences of length t + 1 (rows len(state):n) start here, from their initial state.
+            state = tuple(torch.cat([s, s0[s.size(0):n]]) for s, s0 in zip(state, state0))
+            state = step(input[offsets[t]:offsets[t + 1]], state)
+            outputs[t] = state[0]
+    return torch.cat(outputs), state
+
+
+def _batch_size(input, batch_sizes):
+    return input.size(1) if batch_sizes is None else int(batch_sizes[0])
+
+
+def _zeros(input, batch_sizes, size):
+    return input.new_zeros(_batch_size(input, batch_sizes), size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers: one layer, one direction.
+# ---------------------------------------------------------------------------------------------
+
+def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
+         batch_sizes=None, reverse=False):
+    """input [T, B, I] or packed [N, I]; hx = (h0 [B, P or H], c0 [B, H]) or None (zeros).
+
+    Returns (output [T, B, P or H] or [N, P or H], (h_n [B, P or H], c_n [B, H])).
+    """
+    if hx is None:
+        hx = (_zeros(input, batch_sizes, weight_hh.size(1)),       # P (or H without projection)
+              _zeros(input, batch_sizes, weight_hh.size(0) // 4))  # H
+
+    def step(x, state):
+        return lstm_cell(x, state, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+
+    output, (h_n, c_n) = _recurrence(step, input, tuple(hx), batch_sizes, reverse)
+    return output, (h_n, c_n)
+
+
+def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
+        batch_sizes=None, reverse=False):
+    """input [T, B, I] or packed [N, I]; hx = h0 [B, H] or None (zeros). Returns (output, h_n)."""
+    if hx is None:
+        hx = _zeros(input, batch_sizes, weight_hh.size(1))
+
+    def step(x, state):
+        return (gru_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh),)
+
+    output, (h_n,) = _recurrence(step, input, (hx,), batch_sizes, reverse)
+    return output, h_n
+
+
+def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
+        batch_sizes=None, reverse=False, nonlinearity="tanh"):
+    """input [T, B, I] or packed [N, I]; hx = h0 [B, H] or None (zeros). Returns (output, h_n)."""
+    if hx is None:
+        hx = _zeros(input, batch_sizes, weight_hh.size(1))
+
+    def step(x, state):
+        return (rnn_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity),)
+
+    output, (h_n,) = _recurrence(step, input, (hx,), batch_sizes, reverse)
+    return output, h_n
