@@ -45,6 +45,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("cuda_archs") = FUSED_RNN_CUDA_ARCHS;
   m.def(
+      "set_poison", [](bool on) { fused_rnn::poison_new_buffers() = on; },
+      "Testing aid: fill every buffer the ops allocate with NaN before the kernels write it.");
+  m.def(
       "workspace_width",
       [](const std::string& cell, int64_t hidden, int64_t state, bool proj) {
         int cols = cell == "lstm" ? fused_rnn::LstmCell::kWorkspace

@@ -3,6 +3,11 @@
 
 namespace fused_rnn {
 
+bool& poison_new_buffers() {
+  static bool poison = false;
+  return poison;
+}
+
 namespace {
 
 void check_same(const char* op, const char* name, const Tensor& t, const Tensor& input) {
@@ -32,7 +37,6 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
     TORCH_CHECK(input.dim() == 3, op, ": expected input to be 3-D [T, B, input_size] (or 2-D packed data with batch_sizes), but got ",
                 input.dim(), "-D input of shape ", input.sizes());
     TORCH_CHECK(input.size(0) > 0, op, ": expected input to have at least one time step, but got T = 0");
-    TORCH_CHECK(input.size(1) > 0, op, ": expected input to have a batch of at least one, but got B = 0");
   }
   s.input = input.size(-1);
   TORCH_CHECK(w.w_hh.dim() == 2 && w.w_hh.size(0) % gates == 0 && w.w_hh.size(0) > 0, op,

@@ -12,6 +12,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -57,6 +58,16 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
                        const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
                        const LayerWeights& w, std::vector<StepRows>* steps);
 
+// Tests set this (through _C.set_poison) so every buffer the driver allocates starts as NaN:
+// an element a kernel forgets to write then fails the comparison with the reference.
+bool& poison_new_buffers();
+
+inline Tensor new_buffer(at::IntArrayRef shape, const at::TensorOptions& opts) {
+  Tensor t = at::empty(shape, opts);
+  if (poison_new_buffers()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
 template <class T>
 T* ptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
@@ -92,16 +103,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
 
   std::vector<int64_t> out_shape = input.sizes().vec();
   out_shape.back() = P;
-  Tensor output = at::empty(out_shape, input.options());
+  Tensor output = new_buffer(out_shape, input.options());
   Tensor out2d = output.view({N, P});
   Tensor h_state = h0.contiguous().clone();
   Tensor c_state = Cell::kHasCellState ? c0->contiguous().clone() : Tensor();
-  Tensor h_gates = at::empty({s.batch, G * H}, input.options());
+  Tensor h_gates = new_buffer({s.batch, G * H}, input.options());
 
   const WorkspaceLayout layout = WorkspaceLayout::make(Cell::kWorkspace, H, P, proj);
-  Tensor ws = need_workspace ? at::empty({N, layout.width}, input.options()) : at::empty({0}, input.options());
+  Tensor ws = need_workspace ? new_buffer({N, layout.width}, input.options()) : at::empty({0}, input.options());
   // A projected LSTM's unprojected h' goes to the workspace, or to scratch in inference.
-  Tensor h_scratch = proj && !need_workspace ? at::empty({s.batch, H}, input.options()) : Tensor();
+  Tensor h_scratch = proj && !need_workspace ? new_buffer({s.batch, H}, input.options()) : Tensor();
   const Tensor w_hr_t = proj ? w.w_hr->t() : Tensor();
 
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
@@ -172,12 +183,12 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
   const Tensor go2d = grad_output.contiguous().view({N, P});
   const auto opts = input.options();
 
-  Tensor d_gates_x = at::empty({N, G * H}, opts);
-  Tensor d_gates_h = Cell::kSplitGateGrads ? at::empty({N, G * H}, opts) : d_gates_x;
+  Tensor d_gates_x = new_buffer({N, G * H}, opts);
+  Tensor d_gates_h = Cell::kSplitGateGrads ? new_buffer({N, G * H}, opts) : d_gates_x;
   Tensor dh_state = grad_h_n.contiguous().clone();
   Tensor dc_state = Cell::kHasCellState ? grad_c_n->contiguous().clone() : Tensor();
-  Tensor d_proj = proj ? at::empty({N, P}, opts) : Tensor();    // dL/d(projected h) per row
-  Tensor dh_buf = proj ? at::empty({s.batch, H}, opts) : Tensor();  // that times W_hr
+  Tensor d_proj = proj ? new_buffer({N, P}, opts) : Tensor();    // dL/d(projected h) per row
+  Tensor dh_buf = proj ? new_buffer({s.batch, H}, opts) : Tensor();  // that times W_hr
   const Tensor h_prev_all = ws_c.narrow(1, layout.h_prev_col, P);
 
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {

@@ -63,8 +63,8 @@ def _recurrence(step, input, state0, batch_sizes, reverse):
     if batch_sizes is None:  # padded [T, B, I] == packed with every sequence of length T
         T, B = input.shape[:2]
         batch_sizes = torch.full((T,), B, dtype=torch.int64)
-        output, state = _recurrence(step, input.reshape(T * B, -1), state0, batch_sizes, reverse)
-        return output.reshape(T, B, -1), state
+        output, state = _recurrence(step, input.reshape(T * B, input.size(-1)), state0, batch_sizes, reverse)
+        return output.reshape(T, B, output.size(-1)), state
 
     sizes = batch_sizes.tolist()
     offsets = [0]

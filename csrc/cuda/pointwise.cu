@@ -1,0 +1,148 @@
+// CUDA pointwise passes of one time step: one generic forward and one generic backward kernel,
+// each a loop over the step's [rows, hidden] elements that calls the cell's own math
+// (csrc/cells, the only place the equations are written) with a CUDA IO policy.
+//
+// Layout: a 2-D grid, x over hidden units (consecutive threads touch consecutive j, so every
+// load and store of a warp is one coalesced row segment), y over rows; both dimensions loop
+// grid-stride, so any size runs with a bounded grid. Each element is read and written by the
+// thread that owns it only (in-place state updates included), so there are no races and no
+// atomics; the bias-gradient reductions are done by the driver (at::sum), deterministically.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../cells/gru.h"
+#include "../cells/lstm.h"
+#include "../cells/rnn.h"
+#include "launch.h"
+
+namespace fused_rnn {
+namespace {
+
+// The type the math runs in for a storage type T: double for double, float otherwise.
+template <class T>
+struct Compute {
+  using type = float;
+};
+template <>
+struct Compute<double> {
+  using type = double;
+};
+
+// Storage <-> compute conversions (round to nearest even on the way back to fp16/bf16).
+template <class T>
+struct Convert;
+template <>
+struct Convert<float> {
+  static FUSED_RNN_HD float in(float v) { return v; }
+  static FUSED_RNN_HD float out(float v) { return v; }
+};
+template <>
+struct Convert<double> {
+  static FUSED_RNN_HD double in(double v) { return v; }
+  static FUSED_RNN_HD double out(double v) { return v; }
+};
+template <>
+struct Convert<__half> {
+  static FUSED_RNN_HD float in(__half v) { return __half2float(v); }
+  static FUSED_RNN_HD __half out(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  static FUSED_RNN_HD float in(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static FUSED_RNN_HD __nv_bfloat16 out(float v) { return __float2bfloat16_rn(v); }
+};
+
+// The IO policy the cells are written against: load(const T*) -> V, store(T*, V).
+template <class T>
+struct CudaIO {
+  using V = typename Compute<T>::type;
+  FUSED_RNN_HD V load(const T* p) const { return Convert<T>::in(*p); }
+  FUSED_RNN_HD void store(T* p, V v) const { *p = Convert<T>::out(v); }
+};
+
+constexpr unsigned kThreads = 256;      // threads per block
+constexpr int64_t kMaxGridDim = 65535;  // blocks per grid dimension (y's hardware limit)
+
+struct StepLaunch {
+  dim3 grid, block;
+};
+
+// Block: a power of two >= 32 threads along hidden (at most kThreads), the rest of the
+// kThreads along rows, so small H still fills whole blocks.
+inline StepLaunch step_launch(int64_t rows, int64_t hidden) {
+  unsigned tx = 32;
+  while (tx < kThreads && static_cast<int64_t>(tx) < hidden) tx *= 2;
+  const unsigned ty = kThreads / tx;
+  const int64_t gx = (hidden + tx - 1) / tx, gy = (rows + ty - 1) / ty;
+  StepLaunch l;
+  l.block = dim3(tx, ty, 1);
+  l.grid = dim3(static_cast<unsigned>(gx < kMaxGridDim ? gx : kMaxGridDim),
+                static_cast<unsigned>(gy < kMaxGridDim ? gy : kMaxGridDim), 1);
+  return l;
+}
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(kThreads) forward_step_kernel(const ForwardStep<T> a) {
+  using V = typename Compute<T>::type;
+  const CudaIO<T> io;
+  const int64_t b_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
+  const int64_t j_step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t b = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; b < a.rows; b += b_step) {
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < a.hidden; j += j_step) {
+      Cell::template forward<V>(a, b, j, io);
+    }
+  }
+}
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(kThreads) backward_step_kernel(const BackwardStep<T> a) {
+  using V = typename Compute<T>::type;
+  const CudaIO<T> io;
+  const int64_t b_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
+  const int64_t j_step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t b = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; b < a.rows; b += b_step) {
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < a.hidden; j += j_step) {
+      Cell::template backward<V>(a, b, j, io);
+    }
+  }
+}
+
+// Shared by both launchers: size check, empty step, launch status.
+template <class Args, class Kernel>
+cudaError_t launch_step(const Args& a, cudaStream_t stream, Kernel kernel) {
+  if (a.rows < 0 || a.hidden < 0) return cudaErrorInvalidValue;
+  if (a.rows == 0 || a.hidden == 0) return cudaSuccess;
+  const StepLaunch l = step_launch(a.rows, a.hidden);
+  kernel<<<l.grid, l.block, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+template <class Cell, class T>
+cudaError_t launch_forward_step(const ForwardStep<T>& step, cudaStream_t stream) {
+  return launch_step(step, stream, forward_step_kernel<Cell, T>);
+}
+
+template <class Cell, class T>
+cudaError_t launch_backward_step(const BackwardStep<T>& step, cudaStream_t stream) {
+  return launch_step(step, stream, backward_step_kernel<Cell, T>);
+}
+
+#define FUSED_RNN_INSTANTIATE_STEP(Cell, T)                                                  \
+  template cudaError_t launch_forward_step<Cell, T>(const ForwardStep<T>&, cudaStream_t);   \
+  template cudaError_t launch_backward_step<Cell, T>(const BackwardStep<T>&, cudaStream_t);
+
+#define FUSED_RNN_INSTANTIATE_CELL(Cell)         \
+  FUSED_RNN_INSTANTIATE_STEP(Cell, float)        \
+  FUSED_RNN_INSTANTIATE_STEP(Cell, double)       \
+  FUSED_RNN_INSTANTIATE_STEP(Cell, __half)       \
+  FUSED_RNN_INSTANTIATE_STEP(Cell, __nv_bfloat16)
+
+FUSED_RNN_INSTANTIATE_CELL(LstmCell)
+FUSED_RNN_INSTANTIATE_CELL(GruCell)
+FUSED_RNN_INSTANTIATE_CELL(RnnTanhCell)
+FUSED_RNN_INSTANTIATE_CELL(RnnReluCell)
+
+}  // namespace fused_rnn

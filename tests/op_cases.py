@@ -1,0 +1,92 @@
+"""Random arguments for one layer of each cell, shared by the op tests (CPU and CUDA)."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from fused_rnn import functional, reference
+
+CELLS = ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"]
+GATES = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+LENGTHS = [5, 5, 3, 1]  # packed case: unequal lengths, with a tie
+
+
+@dataclass
+class Case:
+    cell: str
+    input: torch.Tensor
+    batch_sizes: Optional[torch.Tensor]
+    states: list  # h0 (, c0)
+    weights: list  # w_ih, w_hh, b_ih, b_hh (, w_hr) — biases may be None
+    reverse: bool
+
+    def leaves(self):
+        return [t for t in [self.input, *self.states, *self.weights] if t is not None]
+
+    def with_leaves(self, leaves):
+        """The same case with other tensors in place of input, states and weights."""
+        it = iter(leaves)
+        return Case(self.cell, next(it), self.batch_sizes, [next(it) for _ in self.states],
+                    [next(it) if w is not None else None for w in self.weights], self.reverse)
+
+    def run(self, module):
+        """(output, *final_states) through `module` (fused_rnn.functional or reference)."""
+        kw = dict(batch_sizes=self.batch_sizes, reverse=self.reverse)
+        if self.cell.startswith("lstm"):
+            out, (h, c) = module.lstm(self.input, tuple(self.states), *self.weights, **kw)
+            return out, h, c
+        if self.cell == "gru":
+            return module.gru(self.input, self.states[0], *self.weights, **kw)
+        return module.rnn(self.input, self.states[0], *self.weights, nonlinearity=self.cell[4:], **kw)
+
+
+def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64, device="cpu",
+              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5
+        return t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
+
+    gh = GATES[cell] * H
+    state = P if cell == "lstm_proj" else H
+    batch_sizes = None
+    if packed:
+        lengths = torch.tensor(LENGTHS[:B] + [1] * max(0, B - len(LENGTHS)))[:B]
+        T = int(lengths.max())
+        batch_sizes = torch.tensor([int((lengths > t).sum()) for t in range(T)], dtype=torch.int64)
+        x = rand(int(lengths.sum()), I)
+    else:
+        x = rand(T, B, I)
+    states = [rand(B, state)] + ([rand(B, H)] if cell.startswith("lstm") else [])
+    weights = [rand(gh, I), rand(gh, state), rand(gh) if bias else None, rand(gh) if bias else None]
+    if cell.startswith("lstm"):
+        weights.append(rand(P, H) if cell == "lstm_proj" else None)
+    return Case(cell, x, batch_sizes, states, weights, reverse)
+
+
+def grads(case, outputs, grad_outputs):
+    leaves = case.leaves()
+    return torch.autograd.grad(outputs, leaves, grad_outputs)
+
+
+def compare(case):
+    """Forward outputs and every gradient of the fused op and of the float64 CPU reference,
+    as two lists of (fused, reference) pairs."""
+    def as_ref(t):
+        return None if t is None else t.detach().cpu().double().requires_grad_()
+
+    ref_case = Case(case.cell, as_ref(case.input), case.batch_sizes, [as_ref(s) for s in case.states],
+                    [as_ref(w) for w in case.weights], case.reverse)
+    fused_out = case.run(functional)
+    ref_out = ref_case.run(reference)
+    g = torch.Generator().manual_seed(1)
+    grad_out = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in ref_out]
+    fused_grads = grads(case, fused_out, [go.to(o) for go, o in zip(grad_out, fused_out)])
+    ref_grads = grads(ref_case, ref_out, grad_out)
+    return list(zip(fused_out, ref_out)), list(zip(fused_grads, ref_grads))
+
+
+def rel_error(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))

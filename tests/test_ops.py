@@ -1,0 +1,191 @@
+"""The registered CPU ops against fused_rnn.reference: values, every gradient, gradcheck,
+opcheck, torch.compile, and argument checking."""
+import itertools
+
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn import _ops, functional
+from op_cases import CELLS, compare, make_case, rel_error
+
+
+@pytest.fixture(autouse=True)
+def poison_buffers():
+    """Every buffer the ops allocate starts as NaN, so an unwritten element fails."""
+    _ops._C.set_poison(True)
+    yield
+    _ops._C.set_poison(False)
+
+
+GRID = list(itertools.product(CELLS, [True, False], [False, True], [False, True]))
+GRID_IDS = [f"{c}-{'bias' if b else 'nobias'}-{'packed' if p else 'padded'}-{'rev' if r else 'fwd'}"
+            for c, b, p, r in GRID]
+
+
+@pytest.mark.parametrize("cell,bias,packed,reverse", GRID, ids=GRID_IDS)
+def test_float64_matches_reference(cell, bias, packed, reverse):
+    case = make_case(cell, bias=bias, packed=packed, reverse=reverse)
+    outputs, gradients = compare(case)
+    for fused, ref in outputs + gradients:
+        assert fused.shape == ref.shape
+        assert (fused - ref).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("cell,bias,packed,reverse", GRID, ids=GRID_IDS)
+def test_float32_matches_reference(cell, bias, packed, reverse):
+    case = make_case(cell, bias=bias, packed=packed, reverse=reverse, dtype=torch.float32, H=37, I=11, B=4)
+    outputs, gradients = compare(case)
+    for fused, ref in outputs + gradients:
+        assert fused.dtype == torch.float32
+        assert rel_error(fused, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_gradcheck_and_gradgradcheck(cell, packed):
+    case = make_case(cell, packed=packed, reverse=packed, T=3, B=3, I=2, H=3, P=2)
+
+    def fn(*leaves):
+        return case.with_leaves(leaves).run(functional)
+
+    assert torch.autograd.gradcheck(fn, case.leaves())
+    assert torch.autograd.gradgradcheck(fn, case.leaves())
+
+
+def _op_args(case, need_workspace):
+    h = case.states
+    w = case.weights
+    if case.cell.startswith("lstm"):
+        return "lstm_forward", (case.input, case.batch_sizes, h[0], h[1], *w, case.reverse, need_workspace)
+    if case.cell == "gru":
+        return "gru_forward", (case.input, case.batch_sizes, h[0], *w, case.reverse, need_workspace)
+    return "rnn_forward", (case.input, case.batch_sizes, h[0], *w, case.cell[4:], case.reverse, need_workspace)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_opcheck(cell, packed):
+    case = make_case(cell, packed=packed)
+    name, args = _op_args(case, need_workspace=True)
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, name), args)
+    name, args = _op_args(make_case(cell, packed=packed, requires_grad=False), need_workspace=False)
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, name), args)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck_backward_op(cell):
+    case = make_case(cell, packed=True, reverse=True)
+    name, args = _op_args(case, need_workspace=True)
+    with torch.no_grad():
+        outs = getattr(torch.ops.fused_rnn, name)(*args)
+    grads = [torch.randn_like(o) for o in outs[:-1]]
+    tensors_and_extras = args[:-2]
+    backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
+    torch.library.opcheck(backward, (*grads, *[a.detach() if torch.is_tensor(a) else a for a in tensors_and_extras],
+                                     outs[-1], args[-2]))
+
+
+def test_workspace_only_when_a_gradient_is_possible():
+    case = make_case("lstm", requires_grad=False)
+    name, args = _op_args(case, need_workspace=False)
+    assert torch.ops.fused_rnn.lstm_forward(*args)[-1].numel() == 0
+    case = make_case("lstm")
+    with torch.no_grad():
+        out, _ = functional.lstm(case.input, tuple(case.states), *case.weights)
+    assert out.grad_fn is None
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_backward_twice_gives_identical_grads(cell):
+    case = make_case(cell, packed=True, dtype=torch.float32)
+    outs = case.run(functional)
+    loss = sum((o * torch.randn_like(o)).sum() for o in outs)
+    first = torch.autograd.grad(loss, case.leaves(), retain_graph=True)
+    second = torch.autograd.grad(loss, case.leaves())
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_eval_mode_backward_and_unused_outputs():
+    """Only h_n used: the other outputs' grads are zeros, not an error."""
+    case = make_case("lstm", packed=True)
+    _, h, _ = case.run(functional)
+    h.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in case.leaves())
+
+
+def test_inputs_are_not_modified():
+    case = make_case("gru", packed=True)
+    before = [t.detach().clone() for t in case.leaves()]
+    outs = case.run(functional)
+    sum(o.sum() for o in outs).backward()
+    for t, b in zip(case.leaves(), before):
+        assert torch.equal(t.detach(), b)
+
+
+@pytest.mark.parametrize("cell", ["lstm_proj", "gru", "rnn_relu"])
+def test_torch_compile_fullgraph_matches_eager(cell):
+    case = make_case(cell, dtype=torch.float32, packed=True, reverse=True)
+
+    def loss_and_output(*leaves):
+        outs = case.with_leaves(leaves).run(functional)
+        return outs[0], sum(o.square().sum() for o in outs)
+
+    compiled = torch.compile(loss_and_output, fullgraph=True, backend="aot_eager")
+    eager_out, eager_loss = loss_and_output(*case.leaves())
+    comp_out, comp_loss = compiled(*case.leaves())
+    torch.testing.assert_close(comp_out, eager_out, rtol=1e-6, atol=1e-6)
+    g_eager = torch.autograd.grad(eager_loss, case.leaves())
+    g_comp = torch.autograd.grad(comp_loss, case.leaves())
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---- bad input: a clear error naming the argument, never a crash or a wrong answer ----
+
+def _lstm(x, h0=None, c0=None, w_ih=None, w_hh=None, batch_sizes=None, H=5, I=3):
+    B = x.size(1) if batch_sizes is None and x.dim() == 3 else (int(batch_sizes[0]) if batch_sizes is not None else 2)
+    h0 = torch.randn(B, H) if h0 is None else h0
+    c0 = torch.randn(B, H) if c0 is None else c0
+    w_ih = torch.randn(4 * H, I) if w_ih is None else w_ih
+    w_hh = torch.randn(4 * H, H) if w_hh is None else w_hh
+    return functional.lstm(x, (h0, c0), w_ih, w_hh, batch_sizes=batch_sizes)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: _lstm(torch.randn(5, 2, 3, 1)), "expected input to be 3-D"),
+        (lambda: _lstm(torch.randn(5, 3)), "expected input to be 3-D"),
+        (lambda: _lstm(torch.randn(0, 2, 3)), "T = 0"),
+        (lambda: _lstm(torch.randn(5, 2, 4)), "expected weight_ih of shape"),
+        (lambda: _lstm(torch.randn(5, 2, 3), h0=torch.randn(3, 5)), "expected h0 of shape"),
+        (lambda: _lstm(torch.randn(5, 2, 3), c0=torch.randn(2, 4)), "expected c0 of shape"),
+        (lambda: _lstm(torch.randn(5, 2, 3), w_hh=torch.randn(4 * 5, 4)), "expected weight_hh of shape"),
+        (lambda: _lstm(torch.randn(5, 2, 3), w_hh=torch.randn(7, 5)), "expected weight_hh to be 2-D"),
+        (lambda: _lstm(torch.randn(5, 2, 3), h0=torch.randn(2, 5, dtype=torch.float64)), "expected h0 to have dtype"),
+        (lambda: _lstm(torch.randn(5, 2, 3, dtype=torch.float64)), "expected weight_ih to have dtype"),
+        (lambda: _lstm(torch.randn(6, 3), batch_sizes=torch.tensor([2, 3, 1])), "non-increasing"),
+        (lambda: _lstm(torch.randn(7, 3), batch_sizes=torch.tensor([3, 2, 1])), "sum to 6"),
+        (lambda: _lstm(torch.randn(6, 3), batch_sizes=torch.tensor([3, 3, 0])), "positive"),
+        (lambda: _lstm(torch.randn(6, 3), batch_sizes=torch.tensor([3.0, 2.0, 1.0])), "int64 CPU"),
+        (lambda: functional.lstm(torch.randn(5, 2, 3).half(), None, torch.randn(20, 3).half(),
+                                 torch.randn(20, 5).half()), "not implemented for 'Half'"),
+        (lambda: _lstm(torch.randint(0, 3, (5, 2, 3))), "floating-point input"),
+    ],
+)
+def test_bad_input_raises_clear_error(make, message):
+    with pytest.raises(RuntimeError, match=message):
+        make()
+
+
+def test_bad_nonlinearity():
+    case = make_case("rnn_tanh")
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
+        functional.rnn(case.input, case.states[0], *case.weights, nonlinearity="sigmoid")
+
+
+def test_extension_is_built():
+    assert fused_rnn._ops._C.workspace_width("lstm", 5, 5, False) == 7 * 5
+    assert isinstance(fused_rnn._ops._C.has_cuda, bool)
