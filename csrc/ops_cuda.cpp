@@ -54,6 +54,15 @@ struct CudaDevice {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "fused_rnn_cuda", [&] { fn(scalar_t{}); });
   }
 
+  // out = a @ b (+ out when accumulate): cuBLAS through ATen, on the current stream.
+  static void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+    if (accumulate) {
+      out.addmm_(a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+  }
+
   // The op impls hold a device guard for the input's device, so the current stream is that
   // device's. Launches are asynchronous; nothing here waits for the GPU.
   template <class Cell, class T>

@@ -6,11 +6,12 @@
 // gradients, dx and the bias gradients are single GEMMs / reductions over all steps after
 // the loop. GEMMs go through ATen, so BLAS/oneDNN on the CPU, cuBLAS on the current stream.
 //
-// Device provides dispatch(dtype, fn), forward_step<Cell>(ForwardStep<T>) and
-// backward_step<Cell>(BackwardStep<T>); the CPU's is in cpu/pointwise.h, the CUDA one in
+// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), forward_step<Cell>
+// (ForwardStep<T>) and backward_step<Cell>(BackwardStep<T>); the CPU's is in cpu/pointwise.h, the CUDA one in
 // ops_cuda.cpp. Nothing here knows about layers, directions or modules.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <limits>
 #include <optional>
@@ -68,6 +69,14 @@ inline Tensor new_buffer(at::IntArrayRef shape, const at::TensorOptions& opts) {
   return t;
 }
 
+// a @ b into a new buffer through the Device's GEMM.
+template <class Device>
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  Tensor out = new_buffer({a.size(0), b.size(1)}, a.options());
+  Device::gemm(out, a, b, /*accumulate=*/false);
+  return out;
+}
+
 template <class T>
 T* ptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
@@ -87,6 +96,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
                                                          const Tensor& h0, const OptTensor& c0,
                                                          const LayerWeights& w, bool reverse,
                                                          bool need_workspace) {
+  // The GEMMs below run in the op's dtype even inside an autocast region.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   std::vector<StepRows> steps;
   const Sizes s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input_, batch_sizes,
                                    h0, c0, w, &steps);
@@ -96,10 +107,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   const int64_t N = input.numel() / s.input;
   const Tensor x2d = input.view({N, s.input});
   const Tensor w_hh_t = w.w_hh.t();
+  const Tensor b_ih = contiguous_or_empty(w.b_ih);
   const Tensor b_hh = contiguous_or_empty(w.b_hh);
 
-  // All steps' input projections at once.
-  const Tensor x_gates = w.b_ih.has_value() ? at::addmm(*w.b_ih, x2d, w.w_ih.t()) : at::mm(x2d, w.w_ih.t());
+  // All steps' input projections at once (the biases are added in the pointwise pass).
+  const Tensor x_gates = matmul<Device>(x2d, w.w_ih.t());
 
   std::vector<int64_t> out_shape = input.sizes().vec();
   out_shape.back() = P;
@@ -122,8 +134,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
       const StepRows& st = steps[reverse ? n_steps - 1 - k : k];
       const Tensor h_prev = h_state.narrow(0, 0, st.rows);
       Tensor h_gates_rows = h_gates.narrow(0, 0, st.rows);
-      at::mm_out(h_gates_rows, h_prev, w_hh_t);
-      if (need_workspace) ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_prev_col, P).copy_(h_prev);
+      Device::gemm(h_gates_rows, h_prev, w_hh_t, false);
+      // h_prev is kept for backward's dW_hh: by the pointwise pass, which reads h_state
+      // anyway, except for a projected LSTM, whose state has another width than the pass.
+      if (need_workspace && proj) ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_prev_col, P).copy_(h_prev);
 
       ForwardStep<T> a;
       a.rows = st.rows;
@@ -132,6 +146,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
       a.x_stride = G * H;
       a.h_gates = ptr<T>(h_gates);
       a.h_stride = G * H;
+      a.bias_ih = ptr<T>(b_ih);
       a.bias_hh = ptr<T>(b_hh);
       a.c_state = ptr<T>(c_state);
       a.ws = need_workspace ? ptr<T>(ws) + st.offset * layout.width : nullptr;
@@ -144,6 +159,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
         a.h_out_stride = P;
         a.h_state = ptr<T>(h_state);
         a.h_state_stride = P;
+        if (need_workspace) a.h_prev_save = a.ws + layout.h_prev_col;
       }
       Device::template forward_step<Cell, T>(a);
 
@@ -152,7 +168,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
                                          ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, H)
                                          : h_scratch.narrow(0, 0, st.rows);
         Tensor out_rows = out2d.narrow(0, st.offset, st.rows);
-        at::mm_out(out_rows, h_unprojected, w_hr_t);
+        Device::gemm(out_rows, h_unprojected, w_hr_t, false);
         h_state.narrow(0, 0, st.rows).copy_(out_rows);
       }
     }
@@ -166,6 +182,7 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
                                    const Tensor& input_, const OptTensor& batch_sizes, const Tensor& h0,
                                    const OptTensor& c0, const LayerWeights& w, const Tensor& ws,
                                    bool reverse) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   std::vector<StepRows> steps;
   const Sizes s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input_, batch_sizes,
                                    h0, c0, w, &steps);
@@ -204,7 +221,7 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
         Tensor dp = d_proj.narrow(0, st.offset, st.rows);
         at::add_out(dp, go2d.narrow(0, st.offset, st.rows), dh_rows);
         Tensor dh_buf_rows = dh_buf.narrow(0, 0, st.rows);
-        at::mm_out(dh_buf_rows, dp, *w.w_hr);
+        Device::gemm(dh_buf_rows, dp, *w.w_hr, false);
         a.grad_h = ptr<T>(dh_buf);
         a.grad_h_stride = H;
       } else {
@@ -224,22 +241,19 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
       Device::template backward_step<Cell, T>(a);
 
       const Tensor dg_h = d_gates_h.narrow(0, st.offset, st.rows);
-      if (Cell::kSplitGateGrads) {
-        dh_rows.addmm_(dg_h, w.w_hh);  // on top of the direct path the step wrote
-      } else {
-        at::mm_out(dh_rows, dg_h, w.w_hh);
-      }
+      // GRU: on top of the direct path dh * z that the step wrote.
+      Device::gemm(dh_rows, dg_h, w.w_hh, /*accumulate=*/Cell::kSplitGateGrads);
     }
   });
 
   const Tensor x2d = input.view({N, s.input});
-  Tensor dx = at::mm(d_gates_x, w.w_ih).view(input.sizes());
-  Tensor dw_ih = at::mm(d_gates_x.t(), x2d);
-  Tensor dw_hh = at::mm(d_gates_h.t(), h_prev_all);
+  Tensor dx = matmul<Device>(d_gates_x, w.w_ih).view(input.sizes());
+  Tensor dw_ih = matmul<Device>(d_gates_x.t(), x2d);
+  Tensor dw_hh = matmul<Device>(d_gates_h.t(), h_prev_all);
   // Sums over rows are deterministic reductions (no atomics) on both devices.
   Tensor db_ih = w.b_ih.has_value() ? d_gates_x.sum(0) : at::empty({0}, opts);
   Tensor db_hh = w.b_hh.has_value() ? d_gates_h.sum(0) : at::empty({0}, opts);
-  Tensor dw_hr = proj ? at::mm(d_proj.t(), ws_c.narrow(1, layout.h_col, H)) : at::empty({0}, opts);
+  Tensor dw_hr = proj ? matmul<Device>(d_proj.t(), ws_c.narrow(1, layout.h_col, H)) : at::empty({0}, opts);
   Tensor dc0 = Cell::kHasCellState ? dc_state : at::empty({0}, opts);
   return {dx, dh_state, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
 }

@@ -92,6 +92,8 @@ def _register(spec):
         tensors, extras, reverse, need_workspace = spec.split(inputs)
         workspace = output[-1]
         ctx.mark_non_differentiable(workspace)
+        # Unused outputs' grads arrive as None (no zero-filled [N, width] workspace grad).
+        ctx.set_materialize_grads(False)
         ctx.batch_sizes, ctx.extras, ctx.reverse = tensors[1], extras, reverse
         ctx.need_workspace = need_workspace
         ctx.output_shapes = [o.shape for o in output[:-1]]

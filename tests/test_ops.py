@@ -189,3 +189,11 @@ def test_bad_nonlinearity():
 def test_extension_is_built():
     assert fused_rnn._ops._C.workspace_width("lstm", 5, 5, False) == 7 * 5
     assert isinstance(fused_rnn._ops._C.has_cuda, bool)
+
+
+def test_cpu_autocast_region_runs_in_the_input_dtype():
+    case = make_case("lstm", dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h, c = case.run(functional)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, case.run(functional)[0])

@@ -41,8 +41,9 @@ struct Math<double> {
 template <class T>
 struct ForwardStep {
   int64_t rows = 0, hidden = 0;
-  const T* x_gates = nullptr;  // [rows, G*H] x W_ih^T + b_ih (all steps projected up front)
+  const T* x_gates = nullptr;  // [rows, G*H] x W_ih^T (all steps projected up front)
   int64_t x_stride = 0;
+  const T* bias_ih = nullptr;  // [G*H] or null
   const T* h_gates = nullptr;  // [rows, G*H] h_prev W_hh^T (this step's GEMM)
   int64_t h_stride = 0;
   const T* bias_hh = nullptr;  // [G*H] or null
@@ -53,6 +54,8 @@ struct ForwardStep {
   int64_t h_out_stride = 0;
   T* ws = nullptr;             // [rows, Cell::kWorkspace*H] what backward needs, or null
   int64_t ws_stride = 0;
+  T* h_prev_save = nullptr;    // [rows, H] (stride ws_stride): where to keep h_prev for
+                               //   backward, read from h_state before the step overwrites it
 };
 
 // One backward step: the mirror image of ForwardStep.
@@ -72,5 +75,23 @@ struct BackwardStep {
   T* d_gates_h = nullptr;      // GRU: [rows, G*H] along the hidden path (n differs by r)
   int64_t d_gates_stride = 0;
 };
+
+// Element `col` of a GEMM result row plus its bias (when there is one).
+template <class V, class T, class IO>
+FUSED_RNN_HD V gemm_plus_bias(const IO& io, const T* row, const T* bias, int64_t col) {
+  V v = io.load(row + col);
+  if (bias) v = v + io.load(bias + col);
+  return v;
+}
+
+// One element of a forward step as every device runs it: keep h_prev for backward, then the
+// cell's own math.
+template <class Cell, class V, class T, class IO>
+FUSED_RNN_HD void forward_element(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+  if (a.h_prev_save) {
+    io.store(a.h_prev_save + b * a.ws_stride + j, io.load(a.h_state + b * a.h_state_stride + j));
+  }
+  Cell::template forward<V>(a, b, j, io);
+}
 
 }  // namespace fused_rnn

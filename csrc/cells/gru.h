@@ -20,17 +20,12 @@ struct GruCell {
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
     using M = Math<V>;
     const int64_t H = a.hidden;
-    const T* xg = a.x_gates + b * a.x_stride + j;
-    const T* hg = a.h_gates + b * a.h_stride + j;
-    V hr = io.load(hg), hz = io.load(hg + H), hn = io.load(hg + 2 * H);
-    if (a.bias_hh) {
-      hr = hr + io.load(a.bias_hh + j);
-      hz = hz + io.load(a.bias_hh + H + j);
-      hn = hn + io.load(a.bias_hh + 2 * H + j);
-    }
-    const V r = M::sigmoid(io.load(xg) + hr);
-    const V z = M::sigmoid(io.load(xg + H) + hz);
-    const V n = M::tanh(io.load(xg + 2 * H) + r * hn);
+    const T* xg = a.x_gates + b * a.x_stride;
+    const T* hg = a.h_gates + b * a.h_stride;
+    const V hn = gemm_plus_bias<V>(io, hg, a.bias_hh, 2 * H + j);
+    const V r = M::sigmoid(gemm_plus_bias<V>(io, xg, a.bias_ih, j) + gemm_plus_bias<V>(io, hg, a.bias_hh, j));
+    const V z = M::sigmoid(gemm_plus_bias<V>(io, xg, a.bias_ih, H + j) + gemm_plus_bias<V>(io, hg, a.bias_hh, H + j));
+    const V n = M::tanh(gemm_plus_bias<V>(io, xg, a.bias_ih, 2 * H + j) + r * hn);
     T* h_ptr = a.h_state + b * a.h_state_stride + j;
     const V h = n + z * (io.load(h_ptr) - n);
     io.store(h_ptr, h);

@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) forward_step_kernel(const ForwardSte
   const int64_t j_step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; b < a.rows; b += b_step) {
     for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < a.hidden; j += j_step) {
-      Cell::template forward<V>(a, b, j, io);
+      forward_element<Cell, V>(a, b, j, io);
     }
   }
 }
