@@ -11,6 +11,7 @@ namespace at::native {
 TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result, float beta, float alpha);
 }  // namespace at::native
 
+#include "small_batch_gemm.h"
 #include "vec_math.h"
 
 namespace fused_rnn {
@@ -24,10 +25,13 @@ struct CpuDevice {
 
   // out = a @ b (+ out when accumulate). float32 goes to oneDNN's matmul when the product has
   // a few rows: on this project's CPUs (AMD EPYC, AVX-512) it runs 2.2x faster than MKL's
-  // sgemm, which picks an AVX2 path on AMD (bench notes in bench/README.md). A matrix-vector
-  // product (B = 1) stays on MKL, whose call overhead is lower.
+  // sgemm, which picks an AVX2 path on AMD. Products with 1..4 rows times a transposed
+  // weight (inference at small batch) take small_batch_gemm, which keeps W in L2.
   static void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-    if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && at::hasMKLDNN()) {
+    if (!accumulate && small_batch_gemm_applies(out, a, b)) {
+      AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fused_rnn_small_batch_gemm",
+                                 [&] { small_batch_gemm<scalar_t>(out, a, b); });
+    } else if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && at::hasMKLDNN()) {
       at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
     } else if (accumulate) {
       out.addmm_(a, b);
@@ -35,7 +39,7 @@ struct CpuDevice {
       at::mm_out(out, a, b);
     }
   }
-  static constexpr int64_t kMinOneDnnRows = 4;
+  static constexpr int64_t kMinOneDnnRows = kSmallBatchRows + 1;
 
   // Rows per task: small steps (B = 1 inference) stay on the calling thread.
   static int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(hidden, 1)); }

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The one command for a lent GPU machine (DESIGN §6): build the extension with CUDA in place,
+# print the build facts, run the CUDA tests, run compute-sanitizer (memcheck, racecheck,
+# initcheck) over bench/sanitize_cuda.py, and benchmark against torch.nn (cuDNN).
+#
+#   bash bench/gpu_check.sh                  # every stage: build info test sanitize bench
+#   bash bench/gpu_check.sh build test       # some stages, in the order given
+#
+# Stages: build, info, test, sanitize, bench. One device command may run for at most 10
+# minutes, so on the lent machine run it in steps (the build stays between calls while the
+# machine is warm), e.g. `build info test`, then `sanitize`, then `bench`.
+#
+# Uses the system python3 (torch with CUDA, nvcc, ninja, pybind11, pytest; no network, no
+# venv); PYTHON overrides it. Logs (one per stage), the JUnit XML of the tests and a copy of
+# the benchmark results go to $OUT when set (the device tool brings $OUT back), else to
+# build/gpu-check/. The benchmark JSON (with the sha256 of csrc/ it was measured on) is
+# written to bench/results/<date>-<gpu>[-tf32on|-bf16].json, with its .md table and .png plot.
+# A failing build stops the script; any other failing stage is reported at the end and
+# makes the exit status 1.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LOG=${OUT:-build/gpu-check}
+mkdir -p "$LOG"
+STAGES=("$@")
+if [ ${#STAGES[@]} -eq 0 ]; then STAGES=(build info test sanitize bench); fi
+FAILED=()
+
+# run_stage NAME CMD...: runs CMD with its output on the terminal and in $LOG/NAME.log.
+run_stage() {
+  local name=$1
+  shift
+  echo "=== $name: $*"
+  local start=$SECONDS
+  if "$@" 2>&1 | tee "$LOG/$name.log"; then
+    echo "=== $name: ok ($((SECONDS - start)) s)"
+  else
+    echo "=== $name: FAILED ($((SECONDS - start)) s), log in $LOG/$name.log"
+    FAILED+=("$name")
+  fi
+}
+
+sanitizer() {
+  command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true
+}
+
+stage_build() {
+  # Compile for this GPU's architecture only (halves the nvcc time); override with
+  # FUSED_RNN_CUDA_ARCHS="8.0;9.0".
+  local arch
+  arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+  export FUSED_RNN_CUDA_ARCHS=${FUSED_RNN_CUDA_ARCHS:-$arch}
+  export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+  echo "torch $($PY -c 'import torch; print(torch.__version__, torch.version.cuda)'), archs $FUSED_RNN_CUDA_ARCHS"
+  # (set -e does not apply inside a function run as an `if` condition: chain with &&)
+  $PY setup.py build_ext --inplace &&
+    $PY -c "import sys, fused_rnn; sys.exit(0 if fused_rnn._ops._C.has_cuda else 'fused_rnn._C was built without CUDA')"
+}
+
+stage_info() {
+  $PY -m fused_rnn info
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  nvcc --version | tail -n 2 || true
+  local san
+  san=$(sanitizer)
+  if [ -n "$san" ]; then "$san" --version | head -n 2; else echo "compute-sanitizer not found"; fi
+}
+
+stage_test() {
+  # On a machine without a usable GPU every test would skip and the stage "pass": refuse.
+  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA GPU')" &&
+    $PY -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py tests/test_rnn_cuda.py \
+    --junitxml "$LOG/junit-cuda.xml"
+}
+
+stage_sanitize() {
+  local san
+  san=$(sanitizer)
+  if [ -z "$san" ]; then
+    echo "=== sanitize: FAILED, compute-sanitizer not found"
+    FAILED+=(sanitize)
+    return 0
+  fi
+  # No caching allocator for memcheck/initcheck: every tensor its own allocation, so an access
+  # past a tensor's end, or a read of memory nothing wrote, is seen.
+  run_stage sanitize-memcheck env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    "$san" --tool memcheck --error-exitcode 1 --leak-check no $PY bench/sanitize_cuda.py
+  run_stage sanitize-racecheck "$san" --tool racecheck --error-exitcode 1 $PY bench/sanitize_cuda.py
+  run_stage sanitize-initcheck env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    "$san" --tool initcheck --error-exitcode 1 $PY bench/sanitize_cuda.py
+}
+
+stage_bench() {
+  local gpu date results=bench/results
+  gpu=$($PY -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+  date=$(date -u +%F)
+  mkdir -p "$results" "$LOG/results"
+  # fp32 with TF32 off on both sides (the fair full-precision comparison), with TF32 on on
+  # both sides (cuDNN's default), and bfloat16.
+  run_stage bench-fp32-tf32off $PY -m fused_rnn bench --device cuda --tf32 off --no-progress \
+    --out "$results/$date-$gpu.json"
+  run_stage bench-fp32-tf32on $PY -m fused_rnn bench --device cuda --tf32 on --no-progress \
+    --out "$results/$date-$gpu-tf32on.json"
+  run_stage bench-bf16 $PY -m fused_rnn bench --device cuda --dtype bfloat16 --no-progress \
+    --out "$results/$date-$gpu-bf16.json"
+  cp "$results/$date-$gpu"*.* "$LOG/results/" 2>/dev/null || true
+}
+
+for stage in "${STAGES[@]}"; do
+  case $stage in
+    build)
+      run_stage build stage_build
+      if [ ${#FAILED[@]} -gt 0 ]; then echo "build failed: stopping"; exit 1; fi
+      ;;
+    info) run_stage info stage_info ;;
+    test) run_stage test stage_test ;;
+    sanitize) stage_sanitize ;;
+    bench) stage_bench ;;
+    *) echo "unknown stage '$stage' (build, info, test, sanitize, bench)"; exit 2 ;;
+  esac
+done
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "gpu_check: FAILED stages: ${FAILED[*]} (logs in $LOG)"
+  exit 1
+fi
+echo "gpu_check: all stages passed (${STAGES[*]}; logs in $LOG)"

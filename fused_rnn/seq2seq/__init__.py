@@ -1,0 +1,16 @@
+"""Sequence-to-sequence models with attention on the fused LSTM/GRU.
+
+- :class:`Attention` -- dot / general / concat (Luong) / additive (Bahdanau) scores, masked.
+- :class:`Encoder` -- embedding + fused LSTM/GRU over packed sources, bridged final states.
+- :class:`Decoder` -- embedding + fused LSTM/GRU + attention, Luong or Bahdanau arrangement.
+- :class:`Seq2Seq` -- both, with a padding-aware loss and ``generate`` (greedy/sample/beam).
+- :mod:`.tasks` -- generated data sets (dates -> ISO, sequence reversal); :mod:`.demo`.
+"""
+from .attention import SCORES, Attention, lengths_to_mask
+from .decoder import Decoder, DecoderState, Memory
+from .encoder import Encoder, EncoderOutput
+from .model import Seq2Seq, Seq2SeqOutput
+from .search import STRATEGIES, Generation
+
+__all__ = ["Attention", "Encoder", "EncoderOutput", "Decoder", "DecoderState", "Memory",
+           "Seq2Seq", "Seq2SeqOutput", "Generation", "lengths_to_mask", "SCORES", "STRATEGIES"]

@@ -1,0 +1,140 @@
+"""Seq2Seq: encoder + attentional decoder, teacher-forced training and batched generation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .decoder import Decoder
+from .encoder import Encoder, check_lengths
+from .search import Generation, beam_search, check_options, greedy_or_sample
+
+
+@dataclass
+class Seq2SeqOutput:
+    logits: Tensor              # [B, T, V]
+    attention: Tensor | None    # [B, T, S]
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder with attention, on the fused LSTM/GRU.
+
+    Token conventions: ``src [B, S]`` padded with ``pad_id``, with ``src_lengths [B]``;
+    ``tgt [B, T]`` is the target *without* BOS, ending in EOS, padded with ``pad_id`` -- the
+    same layout :meth:`generate` returns.  The decoder reads ``[BOS, tgt[:, :-1]]``.
+
+    ``attention``: a score name (``dot``, ``general``, ``concat``, ``additive``) or None for
+    the attention-free model.  ``style``: ``"luong"`` or ``"bahdanau"``.
+    """
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, embed_size: int = 128,
+                 hidden_size: int = 128, num_layers: int = 1, cell: str = "lstm",
+                 bidirectional: bool = True, attention: str | None = "general",
+                 style: str = "luong", input_feeding: bool = False, dropout: float = 0.0,
+                 attn_size: int | None = None, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
+        super().__init__()
+        if len({pad_id, bos_id, eos_id}) != 3:
+            raise ValueError(f"pad_id, bos_id, eos_id: expected three different ids, "
+                             f"got {pad_id}, {bos_id}, {eos_id}")
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.encoder = Encoder(src_vocab_size, embed_size, hidden_size, num_layers, cell,
+                               bidirectional, dropout, padding_idx=pad_id,
+                               decoder_hidden_size=hidden_size)
+        self.decoder = Decoder(tgt_vocab_size, embed_size, hidden_size,
+                               memory_size=self.encoder.output_size, num_layers=num_layers,
+                               cell=cell, attention=attention, style=style,
+                               input_feeding=input_feeding, dropout=dropout, padding_idx=pad_id,
+                               attn_size=attn_size)
+
+    def decoder_inputs(self, tgt: Tensor) -> Tensor:
+        bos = tgt.new_full((tgt.shape[0], 1), self.bos_id)
+        return torch.cat([bos, tgt[:, :-1]], 1)
+
+    def forward(self, src: Tensor, src_lengths, tgt: Tensor, teacher_forcing: float = 1.0,
+                stepwise: bool = False, generator: torch.Generator | None = None
+                ) -> Seq2SeqOutput:
+        """Teacher-forced decode of ``tgt``: logits ``[B, T, V]`` and attention ``[B, T, S]``.
+
+        ``teacher_forcing`` is the probability that a step reads the gold token rather than
+        the model's previous argmax (1.0: always gold).
+        """
+        if tgt.dim() != 2 or tgt.shape[0] != src.shape[0]:
+            raise ValueError(f"tgt: expected token ids [{src.shape[0]}, T], "
+                             f"got shape {tuple(tgt.shape)}")
+        state, memory = self.decoder.start(self.encoder(src, src_lengths))
+        logits, attn, _ = self.decoder(self.decoder_inputs(tgt), state, memory,
+                                       teacher_forcing=teacher_forcing, stepwise=stepwise,
+                                       generator=generator)
+        return Seq2SeqOutput(logits, attn)
+
+    def loss(self, src: Tensor, src_lengths, tgt: Tensor, teacher_forcing: float = 1.0,
+             label_smoothing: float = 0.0) -> Tensor:
+        """Mean cross-entropy over the non-PAD target tokens."""
+        logits = self(src, src_lengths, tgt, teacher_forcing).logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                               ignore_index=self.pad_id, label_smoothing=label_smoothing)
+
+    @torch.no_grad()
+    def log_prob(self, src: Tensor, src_lengths, tgt: Tensor) -> Tensor:
+        """Sum of the model's log-probs of each target ``[B]`` (PAD positions left out)."""
+        logp = torch.log_softmax(self(src, src_lengths, tgt).logits, -1)
+        picked = logp.gather(2, tgt.unsqueeze(2)).squeeze(2)
+        return picked.masked_fill(tgt == self.pad_id, 0.0).sum(1)
+
+    @torch.no_grad()
+    def generate(self, src: Tensor, src_lengths, strategy: str = "greedy", *,
+                 max_len: int | Tensor | None = None, min_len: int = 0, beam_size: int = 4,
+                 n_best: int = 1, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, length_penalty: float = 1.0,
+                 generator: torch.Generator | None = None) -> Generation:
+        """Decode every source of the batch; see :mod:`fused_rnn.seq2seq.search`.
+
+        ``strategy``: ``"greedy"``, ``"sample"`` (``temperature``, ``top_k``, ``top_p``,
+        ``n_best`` draws per source) or ``"beam"`` (``beam_size``, ``n_best`` <= beam_size).
+        ``max_len``: most tokens before EOS -- an int, a ``[B]`` tensor, or None for
+        ``2 * src_length + 10`` per source.  ``min_len``: fewest tokens before EOS.
+        Returns a :class:`Generation` (tokens, lengths, scores, normalized scores, attention),
+        hypotheses of each source best first.
+        """
+        check_options(strategy, beam_size, n_best, temperature, top_k, top_p, min_len,
+                      length_penalty)
+        lengths = check_lengths(src_lengths, src.shape[0], src.shape[1])
+        max_len_t = self._max_len(max_len, lengths, src.device)
+        if int(max_len_t.min()) < min_len:
+            raise ValueError(f"max_len: expected >= min_len ({min_len}) for every source, "
+                             f"got {int(max_len_t.min())}")
+        was_training = self.training
+        self.eval()
+        try:
+            state, memory = self.decoder.start(self.encoder(src, lengths))
+            common = dict(bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
+                          blocked_ids=(self.pad_id, self.bos_id), min_len=min_len,
+                          temperature=temperature, length_penalty=length_penalty)
+            if strategy == "beam":
+                return beam_search(self.decoder, state, memory, max_len_t, beam_size=beam_size,
+                                   n_best=n_best, **common)
+            return greedy_or_sample(self.decoder, state, memory, max_len_t,
+                                    sample=strategy == "sample", n=n_best, top_k=top_k,
+                                    top_p=top_p, generator=generator, **common)
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _max_len(max_len, lengths: Tensor, device) -> Tensor:
+        if max_len is None:
+            return (2 * lengths + 10).to(device=device, dtype=torch.long)
+        if isinstance(max_len, Tensor):
+            if max_len.shape != lengths.shape or max_len.dtype.is_floating_point:
+                raise ValueError(f"max_len: expected an int or an integer tensor of shape "
+                                 f"{tuple(lengths.shape)}, got {max_len.dtype} "
+                                 f"{tuple(max_len.shape)}")
+            out = max_len.to(device=device, dtype=torch.long)
+        elif isinstance(max_len, int) and not isinstance(max_len, bool):
+            out = torch.full(lengths.shape, max_len, dtype=torch.long, device=device)
+        else:
+            raise ValueError(f"max_len: expected None, an int or a tensor, got {max_len!r}")
+        if int(out.min()) < 0:
+            raise ValueError(f"max_len: expected >= 0, got {int(out.min())}")
+        return out

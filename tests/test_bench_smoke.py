@@ -1,0 +1,67 @@
+"""The benchmark harness runs end to end at tiny sizes and writes what it promises.
+
+Speed is never asserted here (DESIGN §4): only that every row has finite times, a finite
+ratio and a finite relative difference, and that the JSON states the environment.
+"""
+import json
+import math
+
+import pytest
+
+pytest.importorskip("matplotlib")
+from fused_rnn import bench  # noqa: E402
+
+ENV_FIELDS = ("device", "device_name", "torch", "cuda", "cpu_model", "threads", "git_sha",
+              "csrc_sha256", "date_utc")
+ROW_FIELDS = ("case", "mode", "cell", "batch", "dtype", "tf32", "torch_ms", "fused_ms", "ratio",
+              "rel_diff", "repeats")
+
+
+def test_bench_quick_writes_json_plot_and_table(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    rc = bench.main(["--quick", "--device", "cpu", "--batch", "2", "--threads", "1",
+                     "--no-progress", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["format"] == bench.FORMAT and data["complete"]
+    for key in ENV_FIELDS:
+        assert key in data["env"], key
+    assert data["env"]["device"] == "cpu" and data["env"]["csrc_sha256"]
+    rows = data["results"]
+    cells = {r["cell"] for r in rows}
+    assert cells == {"lstm", "gru", "rnn"}
+    assert {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
+    assert any(r["packed"] for r in rows) and any(r["bidirectional"] for r in rows)
+    for r in rows:
+        assert "error" not in r, r.get("error")
+        for key in ROW_FIELDS:
+            assert key in r, key
+        for key in ("torch_ms", "fused_ms", "ratio", "rel_diff"):
+            assert r[key] is not None and math.isfinite(r[key]) and r[key] >= 0, (key, r)
+        assert r["torch_ms"] > 0 and r["fused_ms"] > 0
+        if r["mode"] == "fwdbwd":
+            assert r["torch_mem_bytes"] > 0 and r["fused_mem_bytes"] > 0
+            assert r["rel_diff_grad"] is not None
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "| case |" in out.with_suffix(".md").read_text()
+    printed = capsys.readouterr().out
+    assert "torch.nn ms" in printed and "fused_rnn ms" in printed
+
+
+def test_bench_cases_and_options():
+    args = bench.parse_args([])
+    device = bench.resolve_device("cpu")
+    cases = bench.build_cases(args, device)
+    assert [c.batch for c in cases if c.cell == "lstm"] == list(bench.SHORT_BATCHES)
+    std = [c for c in cases if c.batch == 64]
+    assert {(c.seq_len, c.input_size, c.hidden, c.layers, c.dtype) for c in std} == {
+        (100, 512, 512, 1, "fp32")}
+    full = bench.build_cases(bench.parse_args(["--sweep", "full", "--cells", "gru"]), device)
+    assert any(c.packed for c in full) and any(c.layers == 4 for c in full)
+    assert any(c.seq_len == 1000 for c in full) and all(c.cell == "gru" for c in full)
+    assert all(c.dtype in ("fp32", "fp64") for c in full)  # fp16/bf16 are CUDA-only
+    picked = bench.build_cases(bench.parse_args(["-B", "3,5", "-H", "16", "--cells", "rnn"]),
+                               device)
+    assert [(c.batch, c.hidden, c.input_size) for c in picked] == [(3, 16, 16), (5, 16, 16)]
+    lengths = bench.packed_lengths(100, 64, seed=1)
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] == 100 and min(lengths) >= 30
