@@ -90,6 +90,28 @@ inline Tensor contiguous_or_empty(const OptTensor& t) {
   return t.has_value() ? t->contiguous() : Tensor();
 }
 
+// What forward and backward both derive from a layer's (checked) arguments.
+struct LayerSetup {
+  std::vector<StepRows> steps;  // in time order
+  Sizes s;
+  Tensor input;                 // contiguous
+  int64_t rows;                 // N: rows of the [N, ...] input/output matrices
+  bool proj;
+  WorkspaceLayout layout;
+};
+
+template <class Cell>
+LayerSetup setup_layer(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
+                       const LayerWeights& w) {
+  LayerSetup l;
+  l.s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input, batch_sizes, h0, c0, w, &l.steps);
+  l.input = input.contiguous();
+  l.rows = l.input.numel() / l.s.input;
+  l.proj = w.w_hr.has_value();
+  l.layout = WorkspaceLayout::make(Cell::kWorkspace, l.s.hidden, l.s.state, l.proj);
+  return l;
+}
+
 // Returns (output, h_n, c_n [LSTM, else empty], workspace [empty when !need_workspace]).
 template <class Cell, class Device>
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, const OptTensor& batch_sizes,
@@ -98,13 +120,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
                                                          bool need_workspace) {
   // The GEMMs below run in the op's dtype even inside an autocast region.
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  std::vector<StepRows> steps;
-  const Sizes s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input_, batch_sizes,
-                                   h0, c0, w, &steps);
+  const auto [steps, s, input, N, proj, layout] = setup_layer<Cell>(input_, batch_sizes, h0, c0, w);
   const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
-  const bool proj = w.w_hr.has_value();
-  const Tensor input = input_.contiguous();
-  const int64_t N = input.numel() / s.input;
   const Tensor x2d = input.view({N, s.input});
   const Tensor w_hh_t = w.w_hh.t();
   const Tensor b_ih = contiguous_or_empty(w.b_ih);
@@ -121,7 +138,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   Tensor c_state = Cell::kHasCellState ? c0->contiguous().clone() : Tensor();
   Tensor h_gates = new_buffer({s.batch, G * H}, input.options());
 
-  const WorkspaceLayout layout = WorkspaceLayout::make(Cell::kWorkspace, H, P, proj);
   Tensor ws = need_workspace ? new_buffer({N, layout.width}, input.options()) : at::empty({0}, input.options());
   // A projected LSTM's unprojected h' goes to the workspace, or to scratch in inference.
   Tensor h_scratch = proj && !need_workspace ? new_buffer({s.batch, H}, input.options()) : Tensor();
@@ -183,14 +199,8 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
                                    const OptTensor& c0, const LayerWeights& w, const Tensor& ws,
                                    bool reverse) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  std::vector<StepRows> steps;
-  const Sizes s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input_, batch_sizes,
-                                   h0, c0, w, &steps);
+  const auto [steps, s, input, N, proj, layout] = setup_layer<Cell>(input_, batch_sizes, h0, c0, w);
   const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
-  const bool proj = w.w_hr.has_value();
-  const Tensor input = input_.contiguous();
-  const int64_t N = input.numel() / s.input;
-  const WorkspaceLayout layout = WorkspaceLayout::make(Cell::kWorkspace, H, P, proj);
   TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == layout.width, Cell::kName,
               "_backward: workspace has shape ", ws.sizes(), " but [", N, ", ", layout.width,
               "] was expected; was the forward run with need_workspace=True on the same arguments?");

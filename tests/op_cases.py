@@ -29,6 +29,15 @@ class Case:
         return Case(self.cell, next(it), self.batch_sizes, [next(it) for _ in self.states],
                     [next(it) if w is not None else None for w in self.weights], self.reverse)
 
+    def op_args(self, need_workspace):
+        """(forward op name, its arguments) of torch.ops.fused_rnn for this case."""
+        h, w = self.states, self.weights
+        if self.cell.startswith("lstm"):
+            return "lstm_forward", (self.input, self.batch_sizes, h[0], h[1], *w, self.reverse, need_workspace)
+        if self.cell == "gru":
+            return "gru_forward", (self.input, self.batch_sizes, h[0], *w, self.reverse, need_workspace)
+        return "rnn_forward", (self.input, self.batch_sizes, h[0], *w, self.cell[4:], self.reverse, need_workspace)
+
     def run(self, module):
         """(output, *final_states) through `module` (fused_rnn.functional or reference)."""
         kw = dict(batch_sizes=self.batch_sizes, reverse=self.reverse)

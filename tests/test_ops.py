@@ -53,30 +53,20 @@ def test_gradcheck_and_gradgradcheck(cell, packed):
     assert torch.autograd.gradgradcheck(fn, case.leaves())
 
 
-def _op_args(case, need_workspace):
-    h = case.states
-    w = case.weights
-    if case.cell.startswith("lstm"):
-        return "lstm_forward", (case.input, case.batch_sizes, h[0], h[1], *w, case.reverse, need_workspace)
-    if case.cell == "gru":
-        return "gru_forward", (case.input, case.batch_sizes, h[0], *w, case.reverse, need_workspace)
-    return "rnn_forward", (case.input, case.batch_sizes, h[0], *w, case.cell[4:], case.reverse, need_workspace)
-
-
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_opcheck(cell, packed):
     case = make_case(cell, packed=packed)
-    name, args = _op_args(case, need_workspace=True)
+    name, args = case.op_args(need_workspace=True)
     torch.library.opcheck(getattr(torch.ops.fused_rnn, name), args)
-    name, args = _op_args(make_case(cell, packed=packed, requires_grad=False), need_workspace=False)
+    name, args = make_case(cell, packed=packed, requires_grad=False).op_args(need_workspace=False)
     torch.library.opcheck(getattr(torch.ops.fused_rnn, name), args)
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_opcheck_backward_op(cell):
     case = make_case(cell, packed=True, reverse=True)
-    name, args = _op_args(case, need_workspace=True)
+    name, args = case.op_args(need_workspace=True)
     with torch.no_grad():
         outs = getattr(torch.ops.fused_rnn, name)(*args)
     grads = [torch.randn_like(o) for o in outs[:-1]]
@@ -88,7 +78,7 @@ def test_opcheck_backward_op(cell):
 
 def test_workspace_only_when_a_gradient_is_possible():
     case = make_case("lstm", requires_grad=False)
-    name, args = _op_args(case, need_workspace=False)
+    name, args = case.op_args(need_workspace=False)
     assert torch.ops.fused_rnn.lstm_forward(*args)[-1].numel() == 0
     case = make_case("lstm")
     with torch.no_grad():

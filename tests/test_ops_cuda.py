@@ -287,19 +287,10 @@ def test_empty_batch(cell):
         torch.testing.assert_close(a.cpu(), b)
 
 
-def _op_args(case, need_workspace):
-    h, w = case.states, case.weights
-    if case.cell.startswith("lstm"):
-        return "lstm_forward", (case.input, case.batch_sizes, h[0], h[1], *w, case.reverse, need_workspace)
-    if case.cell == "gru":
-        return "gru_forward", (case.input, case.batch_sizes, h[0], *w, case.reverse, need_workspace)
-    return "rnn_forward", (case.input, case.batch_sizes, h[0], *w, case.cell[4:], case.reverse, need_workspace)
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_opcheck(cell):
     case = make_case(cell, packed=True, reverse=True, dtype=torch.float32, device="cuda")
-    name, args = _op_args(case, need_workspace=True)
+    name, args = case.op_args(need_workspace=True)
     torch.library.opcheck(getattr(torch.ops.fused_rnn, name), args)
 
 

@@ -84,14 +84,19 @@ FUSED_RNN_HD V gemm_plus_bias(const IO& io, const T* row, const T* bias, int64_t
   return v;
 }
 
-// One element of a forward step as every device runs it: keep h_prev for backward, then the
-// cell's own math.
+// Element (row b, unit j) of a step as every device's loop runs it. Forward: keep h_prev
+// for backward, then the cell's own math. Backward: the cell's math.
 template <class Cell, class V, class T, class IO>
-FUSED_RNN_HD void forward_element(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+FUSED_RNN_HD void step_element(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
   if (a.h_prev_save) {
     io.store(a.h_prev_save + b * a.ws_stride + j, io.load(a.h_state + b * a.h_state_stride + j));
   }
   Cell::template forward<V>(a, b, j, io);
+}
+
+template <class Cell, class V, class T, class IO>
+FUSED_RNN_HD void step_element(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+  Cell::template backward<V>(a, b, j, io);
 }
 
 }  // namespace fused_rnn

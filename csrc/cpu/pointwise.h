@@ -44,13 +44,14 @@ struct CpuDevice {
   // Rows per task: small steps (B = 1 inference) stay on the calling thread.
   static int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(hidden, 1)); }
 
-  template <class Cell, class T, class Args, class Fn>
-  static void for_each_vector(const Args& a, Fn fn) {
+  // One pass of a step (ForwardStep or BackwardStep) over [rows, hidden].
+  template <class Cell, class T, class Args>
+  static void run_step(const Args& a) {
     using V = at::vec::Vectorized<T>;
     at::parallel_for(0, a.rows, grain(a.hidden), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         for (int64_t j = 0; j < a.hidden; j += V::size()) {
-          fn(b, j, VecIO<T>{std::min<int64_t>(V::size(), a.hidden - j)});
+          step_element<Cell, V>(a, b, j, VecIO<T>{std::min<int64_t>(V::size(), a.hidden - j)});
         }
       }
     });
@@ -58,16 +59,12 @@ struct CpuDevice {
 
   template <class Cell, class T>
   static void forward_step(const ForwardStep<T>& a) {
-    for_each_vector<Cell, T>(a, [&](int64_t b, int64_t j, const VecIO<T>& io) {
-      forward_element<Cell, at::vec::Vectorized<T>>(a, b, j, io);
-    });
+    run_step<Cell, T>(a);
   }
 
   template <class Cell, class T>
   static void backward_step(const BackwardStep<T>& a) {
-    for_each_vector<Cell, T>(a, [&](int64_t b, int64_t j, const VecIO<T>& io) {
-      Cell::template backward<at::vec::Vectorized<T>>(a, b, j, io);
-    });
+    run_step<Cell, T>(a);
   }
 };
 

@@ -82,28 +82,16 @@ inline StepLaunch step_launch(int64_t rows, int64_t hidden) {
   return l;
 }
 
-template <class Cell, class T>
-__global__ void __launch_bounds__(kThreads) forward_step_kernel(const ForwardStep<T> a) {
+// One pass of a step (ForwardStep<T> or BackwardStep<T>): grid-stride over rows and units.
+template <class Cell, class T, class Args>
+__global__ void __launch_bounds__(kThreads) step_kernel(const Args a) {
   using V = typename Compute<T>::type;
   const CudaIO<T> io;
   const int64_t b_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
   const int64_t j_step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; b < a.rows; b += b_step) {
     for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < a.hidden; j += j_step) {
-      forward_element<Cell, V>(a, b, j, io);
-    }
-  }
-}
-
-template <class Cell, class T>
-__global__ void __launch_bounds__(kThreads) backward_step_kernel(const BackwardStep<T> a) {
-  using V = typename Compute<T>::type;
-  const CudaIO<T> io;
-  const int64_t b_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
-  const int64_t j_step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t b = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; b < a.rows; b += b_step) {
-    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < a.hidden; j += j_step) {
-      Cell::template backward<V>(a, b, j, io);
+      step_element<Cell, V>(a, b, j, io);
     }
   }
 }
@@ -122,12 +110,12 @@ cudaError_t launch_step(const Args& a, cudaStream_t stream, Kernel kernel) {
 
 template <class Cell, class T>
 cudaError_t launch_forward_step(const ForwardStep<T>& step, cudaStream_t stream) {
-  return launch_step(step, stream, forward_step_kernel<Cell, T>);
+  return launch_step(step, stream, step_kernel<Cell, T, ForwardStep<T>>);
 }
 
 template <class Cell, class T>
 cudaError_t launch_backward_step(const BackwardStep<T>& step, cudaStream_t stream) {
-  return launch_step(step, stream, backward_step_kernel<Cell, T>);
+  return launch_step(step, stream, step_kernel<Cell, T, BackwardStep<T>>);
 }
 
 #define FUSED_RNN_INSTANTIATE_STEP(Cell, T)                                                  \
