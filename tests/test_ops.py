@@ -187,3 +187,14 @@ def test_cpu_autocast_region_runs_in_the_input_dtype():
         out, h, c = case.run(functional)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, case.run(functional)[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_float32_batch_past_the_small_batch_path(cell, packed):
+    """B = 9: the per-step GEMMs (GRU's accumulating one too) take oneDNN's matmul instead of
+    small_batch_gemm, in forward and backward."""
+    case = make_case(cell, packed=packed, reverse=True, dtype=torch.float32, T=6, B=9, I=11, H=37)
+    outputs, gradients = compare(case)
+    for fused, ref in outputs + gradients:
+        assert rel_error(fused, ref) <= 1e-5
