@@ -14,14 +14,18 @@ CUDA_ARCHS = os.environ.get("FUSED_RNN_CUDA_ARCHS", "8.0;9.0")
 
 
 def cpu_simd_flags():
-    """ATen's Vectorized<T> picks its width at compile time: use AVX2/FMA when this machine
-    (the one that builds and will run the package) has them."""
+    """ATen's Vectorized<T> picks its width at compile time: use the widest of AVX-512 and
+    AVX2/FMA that this machine (the one that builds and will run the package) has. AVX-512
+    needs the four extensions ATen's own AVX512 build assumes."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            flags = set(f.read().split())
     except OSError:
         return []
-    if " avx2 " in flags and " fma " in flags:
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    if {"avx2", "fma"} <= flags:
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return ["-DCPU_CAPABILITY=DEFAULT"]
 

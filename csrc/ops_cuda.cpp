@@ -63,6 +63,16 @@ struct CudaDevice {
     }
   }
 
+  // The weight of the per-step GEMMs: cuBLAS takes it as it is.
+  class StepWeight {
+   public:
+    StepWeight(const at::Tensor& b, int64_t /*rows*/, int64_t /*steps*/) : b_(b) {}
+    void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate) const { CudaDevice::gemm(out, a, b_, accumulate); }
+
+   private:
+    at::Tensor b_;
+  };
+
   // The op impls hold a device guard for the input's device, so the current stream is that
   // device's. Launches are asynchronous; nothing here waits for the GPU.
   template <class Cell, class T>

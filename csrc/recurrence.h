@@ -6,9 +6,11 @@
 // gradients, dx and the bias gradients are single GEMMs / reductions over all steps after
 // the loop. GEMMs go through ATen, so BLAS/oneDNN on the CPU, cuBLAS on the current stream.
 //
-// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), forward_step<Cell>
-// (ForwardStep<T>) and backward_step<Cell>(BackwardStep<T>); the CPU's is in cpu/pointwise.h, the CUDA one in
-// ops_cuda.cpp. Nothing here knows about layers, directions or modules.
+// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), StepWeight(b, rows,
+// steps) with gemm(out, a, accumulate) for the GEMMs every step repeats with the same b,
+// forward_step<Cell>(ForwardStep<T>) and backward_step<Cell>(BackwardStep<T>); the CPU's is
+// in cpu/pointwise.h, the CUDA one in ops_cuda.cpp. Nothing here knows about layers,
+// directions or modules.
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -90,6 +92,11 @@ inline Tensor contiguous_or_empty(const OptTensor& t) {
   return t.has_value() ? t->contiguous() : Tensor();
 }
 
+// The first `rows` rows of t; t itself when that is all of it (no view to make per step).
+inline Tensor first_rows(const Tensor& t, int64_t rows) {
+  return rows == t.size(0) ? t : t.narrow(0, 0, rows);
+}
+
 // What forward and backward both derive from a layer's (checked) arguments.
 struct LayerSetup {
   std::vector<StepRows> steps;  // in time order
@@ -123,7 +130,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   const auto [steps, s, input, N, proj, layout] = setup_layer<Cell>(input_, batch_sizes, h0, c0, w);
   const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
   const Tensor x2d = input.view({N, s.input});
-  const Tensor w_hh_t = w.w_hh.t();
+  const int64_t n_steps = static_cast<int64_t>(steps.size());
+  const typename Device::StepWeight w_hh_step(w.w_hh.t(), s.batch, n_steps);
   const Tensor b_ih = contiguous_or_empty(w.b_ih);
   const Tensor b_hh = contiguous_or_empty(w.b_hh);
 
@@ -141,16 +149,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   Tensor ws = need_workspace ? new_buffer({N, layout.width}, input.options()) : at::empty({0}, input.options());
   // A projected LSTM's unprojected h' goes to the workspace, or to scratch in inference.
   Tensor h_scratch = proj && !need_workspace ? new_buffer({s.batch, H}, input.options()) : Tensor();
-  const Tensor w_hr_t = proj ? w.w_hr->t() : Tensor();
+  std::optional<typename Device::StepWeight> w_hr_step;
+  if (proj) w_hr_step.emplace(w.w_hr->t(), s.batch, n_steps);
 
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
-    const int64_t n_steps = static_cast<int64_t>(steps.size());
     for (int64_t k = 0; k < n_steps; ++k) {
       const StepRows& st = steps[reverse ? n_steps - 1 - k : k];
-      const Tensor h_prev = h_state.narrow(0, 0, st.rows);
-      Tensor h_gates_rows = h_gates.narrow(0, 0, st.rows);
-      Device::gemm(h_gates_rows, h_prev, w_hh_t, false);
+      const Tensor h_prev = first_rows(h_state, st.rows);
+      Tensor h_gates_rows = first_rows(h_gates, st.rows);
+      w_hh_step.gemm(h_gates_rows, h_prev, false);
       // h_prev is kept for backward's dW_hh: by the pointwise pass, which reads h_state
       // anyway, except for a projected LSTM, whose state has another width than the pass.
       if (need_workspace && proj) ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_prev_col, P).copy_(h_prev);
@@ -182,10 +190,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
       if (proj) {
         const Tensor h_unprojected = need_workspace
                                          ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, H)
-                                         : h_scratch.narrow(0, 0, st.rows);
+                                         : first_rows(h_scratch, st.rows);
         Tensor out_rows = out2d.narrow(0, st.offset, st.rows);
-        Device::gemm(out_rows, h_unprojected, w_hr_t, false);
-        h_state.narrow(0, 0, st.rows).copy_(out_rows);
+        w_hr_step->gemm(out_rows, h_unprojected, false);
+        first_rows(h_state, st.rows).copy_(out_rows);
       }
     }
   });
@@ -217,21 +225,24 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
   Tensor d_proj = proj ? new_buffer({N, P}, opts) : Tensor();    // dL/d(projected h) per row
   Tensor dh_buf = proj ? new_buffer({s.batch, H}, opts) : Tensor();  // that times W_hr
   const Tensor h_prev_all = ws_c.narrow(1, layout.h_prev_col, P);
+  const int64_t n_steps = static_cast<int64_t>(steps.size());
+  const typename Device::StepWeight w_hh_step(w.w_hh, s.batch, n_steps);
+  std::optional<typename Device::StepWeight> w_hr_step;
+  if (proj) w_hr_step.emplace(*w.w_hr, s.batch, n_steps);
 
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
-    const int64_t n_steps = static_cast<int64_t>(steps.size());
     for (int64_t k = 0; k < n_steps; ++k) {  // the forward order, reversed
       const StepRows& st = steps[reverse ? k : n_steps - 1 - k];
-      Tensor dh_rows = dh_state.narrow(0, 0, st.rows);
+      Tensor dh_rows = first_rows(dh_state, st.rows);
       BackwardStep<T> a;
       a.rows = st.rows;
       a.hidden = H;
       if (proj) {
         Tensor dp = d_proj.narrow(0, st.offset, st.rows);
         at::add_out(dp, go2d.narrow(0, st.offset, st.rows), dh_rows);
-        Tensor dh_buf_rows = dh_buf.narrow(0, 0, st.rows);
-        Device::gemm(dh_buf_rows, dp, *w.w_hr, false);
+        Tensor dh_buf_rows = first_rows(dh_buf, st.rows);
+        w_hr_step->gemm(dh_buf_rows, dp, false);
         a.grad_h = ptr<T>(dh_buf);
         a.grad_h_stride = H;
       } else {
@@ -252,7 +263,7 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
 
       const Tensor dg_h = d_gates_h.narrow(0, st.offset, st.rows);
       // GRU: on top of the direct path dh * z that the step wrote.
-      Device::gemm(dh_rows, dg_h, w.w_hh, /*accumulate=*/Cell::kSplitGateGrads);
+      w_hh_step.gemm(dh_rows, dg_h, /*accumulate=*/Cell::kSplitGateGrads);
     }
   });
 

@@ -189,12 +189,20 @@ def test_cpu_autocast_region_runs_in_the_input_dtype():
     torch.testing.assert_close(out, case.run(functional)[0])
 
 
+# The CPU's per-step GEMMs take one of three paths (CpuDevice::StepWeight): the packed
+# weight for steps of up to 16 rows repeated 4+ times (row blocks of 8, so 13 rows is two
+# blocks), oneDNN past 16 rows, and oneDNN or MKL for sequences too short to pack.
+GEMM_PATHS = {"packed-two-row-blocks": dict(T=6, B=13), "past-packed-rows": dict(T=6, B=17),
+              "short-few-rows": dict(T=3, B=2), "short-more-rows": dict(T=3, B=6)}
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_float32_batch_past_the_small_batch_path(cell, packed):
-    """B = 9: the per-step GEMMs (GRU's accumulating one too) take oneDNN's matmul instead of
-    small_batch_gemm, in forward and backward."""
-    case = make_case(cell, packed=packed, reverse=True, dtype=torch.float32, T=6, B=9, I=11, H=37)
+@pytest.mark.parametrize("path", GEMM_PATHS)
+def test_float32_every_step_gemm_path(cell, packed, path):
+    """In forward and backward (GRU's accumulating GEMM and the projection's too), with H = 37
+    so the packed weight's last panel is partial."""
+    case = make_case(cell, packed=packed, reverse=True, dtype=torch.float32, I=11, H=37, **GEMM_PATHS[path])
     outputs, gradients = compare(case)
     for fused, ref in outputs + gradients:
         assert rel_error(fused, ref) <= 1e-5

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <optional>
 
 namespace at::native {
 // ATen's oneDNN matmul (exported by libtorch_cpu, declared in ATen/native/mkldnn/Matmul.h,
@@ -11,7 +12,7 @@ namespace at::native {
 TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result, float beta, float alpha);
 }  // namespace at::native
 
-#include "small_batch_gemm.h"
+#include "packed_gemm.h"
 #include "vec_math.h"
 
 namespace fused_rnn {
@@ -23,15 +24,11 @@ struct CpuDevice {
     AT_DISPATCH_FLOATING_TYPES(st, "fused_rnn_cpu", [&] { fn(scalar_t{}); });
   }
 
-  // out = a @ b (+ out when accumulate). float32 goes to oneDNN's matmul when the product has
-  // a few rows: on this project's CPUs (AMD EPYC, AVX-512) it runs 2.2x faster than MKL's
-  // sgemm, which picks an AVX2 path on AMD. Products with 1..4 rows times a transposed
-  // weight (inference at small batch) take small_batch_gemm, which keeps W in L2.
+  // out = a @ b (+ out when accumulate). float32 products of 5+ rows go to oneDNN's matmul:
+  // on this project's CPUs (AMD EPYC, AVX-512) it runs 2.2x faster than MKL's sgemm, which
+  // picks an AVX2 path on AMD; MKL keeps matrix-vector products, where oneDNN is slow.
   static void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-    if (!accumulate && small_batch_gemm_applies(out, a, b)) {
-      AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fused_rnn_small_batch_gemm",
-                                 [&] { small_batch_gemm<scalar_t>(out, a, b); });
-    } else if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && at::hasMKLDNN()) {
+    if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && at::hasMKLDNN()) {
       at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
     } else if (accumulate) {
       out.addmm_(a, b);
@@ -39,10 +36,43 @@ struct CpuDevice {
       at::mm_out(out, a, b);
     }
   }
-  static constexpr int64_t kMinOneDnnRows = kSmallBatchRows + 1;
+  static constexpr int64_t kMinOneDnnRows = 5;
 
-  // Rows per task: small steps (B = 1 inference) stay on the calling thread.
-  static int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(hidden, 1)); }
+  // The weight b of a GEMM that every step repeats (out (+)= a @ b, a = that step's rows).
+  // Steps of a few rows (small-batch inference and training) multiply a copy of b packed
+  // once (packed_gemm.h); oneDNN and MKL re-read b in its own layout on every call, which
+  // at this size costs more than the arithmetic. Short sequences don't repay the packing.
+  class StepWeight {
+   public:
+    static constexpr int64_t kMaxPackedRows = 16;
+    static constexpr int64_t kMinPackedSteps = 4;
+
+    StepWeight(const at::Tensor& b, int64_t rows, int64_t steps) : b_(b) {
+      if (rows > kMaxPackedRows || steps < kMinPackedSteps) return;
+      if (b.scalar_type() == at::kFloat) f32_.emplace(b);
+      if (b.scalar_type() == at::kDouble) f64_.emplace(b);
+    }
+
+    void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+      const bool rows_contiguous = a.stride(1) == 1 && out.stride(1) == 1;
+      if (f32_ && rows_contiguous) {
+        f32_->multiply(out, a, accumulate);
+      } else if (f64_ && rows_contiguous) {
+        f64_->multiply(out, a, accumulate);
+      } else {
+        CpuDevice::gemm(out, a, b_, accumulate);
+      }
+    }
+
+   private:
+    at::Tensor b_;
+    std::optional<PackedWeight<float>> f32_;
+    std::optional<PackedWeight<double>> f64_;
+  };
+
+  // Rows per task: about 2048 elements, a few microseconds of transcendentals, so a step
+  // of a few rows stays on the calling thread and B = 64, H = 512 uses every thread.
+  static int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 2048 / std::max<int64_t>(hidden, 1)); }
 
   // One pass of a step (ForwardStep or BackwardStep) over [rows, hidden].
   template <class Cell, class T, class Args>

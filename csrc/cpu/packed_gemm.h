@@ -1,0 +1,134 @@
+// out (+)= a @ b for the few rows of one time step, with b packed once per op call.
+//
+// A recurrent step multiplies B rows (B the batch; 1 in streaming inference) by the same
+// weight T times. oneDNN and MKL treat every call as a new problem: they re-read W in its
+// original layout, and at B <= 16 that costs more than the step's arithmetic. Here b [k, n]
+// is copied once into panels of one SIMD vector of columns, panel p = b[:, p*L : p*L + L]
+// stored [k][L] contiguous, so a step reads each thread's share of W as a few sequential
+// streams, broadcasts one element of `a` against a whole panel row, and needs no horizontal
+// sums. Threads always get the same panels (at::parallel_for's static split), so each
+// core's share of W stays in its own L2 from one step to the next when it fits.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+namespace fused_rnn {
+
+template <class T>
+class PackedWeight {
+ public:
+  using V = at::vec::Vectorized<T>;
+  static constexpr int64_t kLanes = V::size();
+
+  // b: [k, n], any strides (W^T as a view of W included).
+  explicit PackedWeight(const at::Tensor& b)
+      : k_(b.size(0)), n_(b.size(1)), panels_((b.size(1) + kLanes - 1) / kLanes) {
+    packed_ = at::empty({panels_ * k_ * kLanes}, b.options());
+    const T* src = b.data_ptr<T>();
+    const int64_t sk = b.stride(0), sn = b.stride(1), k = k_, n = n_;
+    T* dst = packed_.data_ptr<T>();
+    at::parallel_for(0, panels_, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        T* panel = dst + p * k * kLanes;
+        const int64_t c0 = p * kLanes, cols = std::min<int64_t>(kLanes, n - c0);
+        // Walk b along its contiguous dimension: rows of W when b = W^T.
+        if (sn == 1) {
+          for (int64_t kk = 0; kk < k; ++kk) {
+            for (int64_t c = 0; c < kLanes; ++c) panel[kk * kLanes + c] = c < cols ? src[kk * sk + c0 + c] : T(0);
+          }
+        } else {
+          for (int64_t c = 0; c < kLanes; ++c) {
+            for (int64_t kk = 0; kk < k; ++kk) panel[kk * kLanes + c] = c < cols ? src[kk * sk + (c0 + c) * sn] : T(0);
+          }
+        }
+      }
+    });
+  }
+
+  // out[m, n] (+)= a[m, k] @ b. out and a: rows with unit column stride.
+  void multiply(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+    const int64_t m = a.size(0);
+    const T* a_ptr = a.data_ptr<T>();
+    const T* w = packed_.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+    const int64_t lda = a.stride(0), ldo = out.stride(0);
+    // Split panels evenly over the threads when the step is worth it (about 16k FMAs each).
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, m * k_ * kLanes));
+    at::parallel_for(0, panels_, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t r = 0; r < m; r += kMaxRows) {
+        const int64_t rows = std::min<int64_t>(kMaxRows, m - r);
+        row_block(rows, a_ptr + r * lda, lda, w, o + r * ldo, ldo, p0, p1, accumulate);
+      }
+    });
+  }
+
+  // Rows per register block; larger steps loop over blocks.
+  static constexpr int kMaxRows = 8;
+
+ private:
+  // Accumulators per block: the vector registers minus one for `a`'s broadcast and a few
+  // for the panel rows.
+  static constexpr int kRegisters = sizeof(V) >= 64 ? 32 : 16;
+  template <int MR>
+  static constexpr int kPanels = std::clamp((kRegisters - 4) / MR, 1, 8);
+
+  void row_block(int64_t rows, const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1,
+                 bool accumulate) const {
+    switch (rows) {
+      case 1: return panels<1>(a, lda, w, o, ldo, p0, p1, accumulate);
+      case 2: return panels<2>(a, lda, w, o, ldo, p0, p1, accumulate);
+      case 3: return panels<3>(a, lda, w, o, ldo, p0, p1, accumulate);
+      case 4: return panels<4>(a, lda, w, o, ldo, p0, p1, accumulate);
+      case 5: return panels<5>(a, lda, w, o, ldo, p0, p1, accumulate);
+      case 6: return panels<6>(a, lda, w, o, ldo, p0, p1, accumulate);
+      case 7: return panels<7>(a, lda, w, o, ldo, p0, p1, accumulate);
+      default: return panels<8>(a, lda, w, o, ldo, p0, p1, accumulate);
+    }
+  }
+
+  template <int MR>
+  void panels(const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1,
+              bool accumulate) const {
+    constexpr int NP = kPanels<MR>;
+    int64_t p = p0;
+    for (; p + NP <= p1; p += NP) tile<MR, NP>(a, lda, w, o, ldo, p, accumulate);
+    for (; p < p1; ++p) tile<MR, 1>(a, lda, w, o, ldo, p, accumulate);
+  }
+
+  // MR rows x NP panels of out, accumulated in registers over all of k.
+  template <int MR, int NP>
+  void tile(const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p, bool accumulate) const {
+    V acc[MR][NP];
+    for (int r = 0; r < MR; ++r) {
+      for (int q = 0; q < NP; ++q) acc[r][q] = V(T(0));
+    }
+    const T* panel = w + p * k_ * kLanes;
+    const int64_t panel_stride = k_ * kLanes;
+    for (int64_t kk = 0; kk < k_; ++kk) {
+      V b[NP];
+      for (int q = 0; q < NP; ++q) b[q] = V::loadu(panel + q * panel_stride + kk * kLanes);
+      for (int r = 0; r < MR; ++r) {
+        const V x(a[r * lda + kk]);
+        for (int q = 0; q < NP; ++q) acc[r][q] = at::vec::fmadd(x, b[q], acc[r][q]);
+      }
+    }
+    for (int q = 0; q < NP; ++q) {
+      const int64_t col = (p + q) * kLanes;
+      const int64_t count = std::min<int64_t>(kLanes, n_ - col);
+      for (int r = 0; r < MR; ++r) {
+        T* dst = o + r * ldo + col;
+        V v = acc[r][q];
+        if (accumulate) v = v + (count == kLanes ? V::loadu(dst) : V::loadu(dst, count));
+        v.store(dst, count);
+      }
+    }
+  }
+
+  int64_t k_, n_, panels_;
+  at::Tensor packed_;
+};
+
+}  // namespace fused_rnn
