@@ -50,11 +50,11 @@ class Case:
 
 
 def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64, device="cpu",
-              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0):
+              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0, scale=0.5):
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
-        t = torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5
+        t = torch.randn(*shape, generator=g, dtype=torch.float64) * scale
         return t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
 
     gh = GATES[cell] * H

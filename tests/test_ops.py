@@ -189,20 +189,21 @@ def test_cpu_autocast_region_runs_in_the_input_dtype():
     torch.testing.assert_close(out, case.run(functional)[0])
 
 
-# The CPU's per-step GEMMs take one of three paths (CpuDevice::StepWeight): the packed
-# weight for steps of up to 16 rows repeated 4+ times (row blocks of 8, so 13 rows is two
-# blocks), oneDNN past 16 rows, and oneDNN or MKL for sequences too short to pack.
-GEMM_PATHS = {"packed-two-row-blocks": dict(T=6, B=13), "past-packed-rows": dict(T=6, B=17),
-              "short-few-rows": dict(T=3, B=2), "short-more-rows": dict(T=3, B=6)}
+# The CPU's per-step GEMMs (CpuDevice::StepWeight): sequences of 4+ steps multiply a packed
+# copy of the weight in blocks of up to 8 rows, depth slices of 512 and panels of one SIMD
+# vector (H = 37: the last panel is partial; backward's depth G*H = 520 at H = 130: two
+# slices, with values scaled to torch.nn's init so that float32 stays well-conditioned);
+# shorter ones call MKL (up to 4 rows) or oneDNN.
+GEMM_PATHS = {"packed-row-blocks-8-5": dict(T=6, B=13, H=37), "packed-row-blocks-8-8-1": dict(T=6, B=17, H=37),
+              "packed-two-depth-slices": dict(T=5, B=3, H=130, scale=130 ** -0.5), "short-few-rows": dict(T=3, B=2, H=37),
+              "short-more-rows": dict(T=3, B=6, H=37)}
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("path", GEMM_PATHS)
-def test_float32_every_step_gemm_path(cell, packed, path):
-    """In forward and backward (GRU's accumulating GEMM and the projection's too), with H = 37
-    so the packed weight's last panel is partial."""
-    case = make_case(cell, packed=packed, reverse=True, dtype=torch.float32, I=11, H=37, **GEMM_PATHS[path])
+def test_float32_every_step_gemm_path(cell, path):
+    """In forward and backward (GRU's accumulating GEMM and the projection's too)."""
+    case = make_case(cell, reverse=True, dtype=torch.float32, I=11, **GEMM_PATHS[path])
     outputs, gradients = compare(case)
     for fused, ref in outputs + gradients:
         assert rel_error(fused, ref) <= 1e-5

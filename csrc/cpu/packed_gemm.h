@@ -32,18 +32,8 @@ class PackedWeight {
     T* dst = packed_.data_ptr<T>();
     at::parallel_for(0, panels_, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
-        T* panel = dst + p * k * kLanes;
-        const int64_t c0 = p * kLanes, cols = std::min<int64_t>(kLanes, n - c0);
-        // Walk b along its contiguous dimension: rows of W when b = W^T.
-        if (sn == 1) {
-          for (int64_t kk = 0; kk < k; ++kk) {
-            for (int64_t c = 0; c < kLanes; ++c) panel[kk * kLanes + c] = c < cols ? src[kk * sk + c0 + c] : T(0);
-          }
-        } else {
-          for (int64_t c = 0; c < kLanes; ++c) {
-            for (int64_t kk = 0; kk < k; ++kk) panel[kk * kLanes + c] = c < cols ? src[kk * sk + (c0 + c) * sn] : T(0);
-          }
-        }
+        const int64_t c0 = p * kLanes;
+        pack_panel(src + c0 * sn, sk, sn, k, std::min<int64_t>(kLanes, n - c0), dst + p * k * kLanes);
       }
     });
   }
@@ -58,9 +48,18 @@ class PackedWeight {
     // Split panels evenly over the threads when the step is worth it (about 16k FMAs each).
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, m * k_ * kLanes));
     at::parallel_for(0, panels_, grain, [&](int64_t p0, int64_t p1) {
-      for (int64_t r = 0; r < m; r += kMaxRows) {
-        const int64_t rows = std::min<int64_t>(kMaxRows, m - r);
-        row_block(rows, a_ptr + r * lda, lda, w, o + r * ldo, ldo, p0, p1, accumulate);
+      // Panels in groups that stay in L2 while every block of rows passes over them.
+      const int64_t group = std::max<int64_t>(1, kGroupBytes / (std::min(k_, kDepth) * kLanes * int64_t(sizeof(T))));
+      // and k in chunks, so that a block of rows of `a` stays in L1 while the panels pass.
+      for (int64_t g0 = p0; g0 < p1; g0 += group) {
+        const int64_t g1 = std::min(p1, g0 + group);
+        for (int64_t k0 = 0; k0 < k_; k0 += kDepth) {
+          const Depth depth{k0, std::min(k_, k0 + kDepth), accumulate || k0 > 0};
+          for (int64_t r = 0; r < m; r += kMaxRows) {
+            const int64_t rows = std::min<int64_t>(kMaxRows, m - r);
+            row_block(rows, a_ptr + r * lda, lda, w, o + r * ldo, ldo, g0, g1, depth);
+          }
+        }
       }
     });
   }
@@ -69,45 +68,68 @@ class PackedWeight {
   static constexpr int kMaxRows = 8;
 
  private:
+  // panel[kk][c] = src[kk * sk + c * sn] for c < cols, zero past them.
+  static void pack_panel(const T* src, int64_t sk, int64_t sn, int64_t k, int64_t cols, T* panel) {
+    if (cols < kLanes) std::fill(panel, panel + k * kLanes, T(0));
+    if (sn == 1) {
+      for (int64_t kk = 0; kk < k; ++kk) std::copy(src + kk * sk, src + kk * sk + cols, panel + kk * kLanes);
+      return;
+    }
+    if (sk == 1) {  // b = W^T: the panel is a transpose of `cols` rows of W (SIMD in ATen)
+      at::vec::transpose_mxn<T>(src, sn, panel, kLanes, static_cast<int>(cols), static_cast<int>(k));
+      return;
+    }
+    for (int64_t kk = 0; kk < k; ++kk) {
+      for (int64_t c = 0; c < cols; ++c) panel[kk * kLanes + c] = src[kk * sk + c * sn];
+    }
+  }
+
   // Accumulators per block: the vector registers minus one for `a`'s broadcast and a few
   // for the panel rows.
+  static constexpr int64_t kGroupBytes = 256 * 1024;
+  static constexpr int64_t kDepth = 512;
+  // The slice [k0, k1) of the sum this pass adds; out is overwritten unless accumulate.
+  struct Depth {
+    int64_t k0, k1;
+    bool accumulate;
+  };
   static constexpr int kRegisters = sizeof(V) >= 64 ? 32 : 16;
   template <int MR>
   static constexpr int kPanels = std::clamp((kRegisters - 4) / MR, 1, 8);
 
   void row_block(int64_t rows, const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1,
-                 bool accumulate) const {
+                 const Depth& d) const {
     switch (rows) {
-      case 1: return panels<1>(a, lda, w, o, ldo, p0, p1, accumulate);
-      case 2: return panels<2>(a, lda, w, o, ldo, p0, p1, accumulate);
-      case 3: return panels<3>(a, lda, w, o, ldo, p0, p1, accumulate);
-      case 4: return panels<4>(a, lda, w, o, ldo, p0, p1, accumulate);
-      case 5: return panels<5>(a, lda, w, o, ldo, p0, p1, accumulate);
-      case 6: return panels<6>(a, lda, w, o, ldo, p0, p1, accumulate);
-      case 7: return panels<7>(a, lda, w, o, ldo, p0, p1, accumulate);
-      default: return panels<8>(a, lda, w, o, ldo, p0, p1, accumulate);
+      case 1: return panels<1>(a, lda, w, o, ldo, p0, p1, d);
+      case 2: return panels<2>(a, lda, w, o, ldo, p0, p1, d);
+      case 3: return panels<3>(a, lda, w, o, ldo, p0, p1, d);
+      case 4: return panels<4>(a, lda, w, o, ldo, p0, p1, d);
+      case 5: return panels<5>(a, lda, w, o, ldo, p0, p1, d);
+      case 6: return panels<6>(a, lda, w, o, ldo, p0, p1, d);
+      case 7: return panels<7>(a, lda, w, o, ldo, p0, p1, d);
+      default: return panels<8>(a, lda, w, o, ldo, p0, p1, d);
     }
   }
 
   template <int MR>
   void panels(const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1,
-              bool accumulate) const {
+              const Depth& d) const {
     constexpr int NP = kPanels<MR>;
     int64_t p = p0;
-    for (; p + NP <= p1; p += NP) tile<MR, NP>(a, lda, w, o, ldo, p, accumulate);
-    for (; p < p1; ++p) tile<MR, 1>(a, lda, w, o, ldo, p, accumulate);
+    for (; p + NP <= p1; p += NP) tile<MR, NP>(a, lda, w, o, ldo, p, d);
+    for (; p < p1; ++p) tile<MR, 1>(a, lda, w, o, ldo, p, d);
   }
 
-  // MR rows x NP panels of out, accumulated in registers over all of k.
+  // MR rows x NP panels of out, accumulated in registers over the depth slice.
   template <int MR, int NP>
-  void tile(const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p, bool accumulate) const {
+  void tile(const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p, const Depth& d) const {
     V acc[MR][NP];
     for (int r = 0; r < MR; ++r) {
       for (int q = 0; q < NP; ++q) acc[r][q] = V(T(0));
     }
     const T* panel = w + p * k_ * kLanes;
     const int64_t panel_stride = k_ * kLanes;
-    for (int64_t kk = 0; kk < k_; ++kk) {
+    for (int64_t kk = d.k0; kk < d.k1; ++kk) {
       V b[NP];
       for (int q = 0; q < NP; ++q) b[q] = V::loadu(panel + q * panel_stride + kk * kLanes);
       for (int r = 0; r < MR; ++r) {
@@ -121,7 +143,7 @@ class PackedWeight {
       for (int r = 0; r < MR; ++r) {
         T* dst = o + r * ldo + col;
         V v = acc[r][q];
-        if (accumulate) v = v + (count == kLanes ? V::loadu(dst) : V::loadu(dst, count));
+        if (d.accumulate) v = v + (count == kLanes ? V::loadu(dst) : V::loadu(dst, count));
         v.store(dst, count);
       }
     }
