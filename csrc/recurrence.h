@@ -280,7 +280,9 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
   Tensor dw_hh = matmul<Device>(d_gates_h.t(), h_prev_all);
   // Sums over rows are deterministic reductions (no atomics) on both devices.
   Tensor db_ih = w.b_ih.has_value() ? d_gates_x.sum(0) : at::empty({0}, opts);
-  Tensor db_hh = w.b_hh.has_value() ? d_gates_h.sum(0) : at::empty({0}, opts);
+  // Where both paths share the gate grads (all but GRU), both biases get the same sum.
+  const bool same_sum = !Cell::kSplitGateGrads && w.b_ih.has_value();
+  Tensor db_hh = !w.b_hh.has_value() ? at::empty({0}, opts) : same_sum ? db_ih.clone() : d_gates_h.sum(0);
   Tensor dw_hr = proj ? matmul<Device>(d_proj.t(), ws_c.narrow(1, layout.h_col, H)) : at::empty({0}, opts);
   Tensor dc0 = Cell::kHasCellState ? dc_state : at::empty({0}, opts);
   return {dx, dh_state, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
