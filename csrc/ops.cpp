@@ -47,6 +47,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_poison", [](bool on) { fused_rnn::poison_new_buffers() = on; },
       "Testing aid: fill every buffer the ops allocate with NaN before the kernels write it.");
+  m.def("scratch_bytes", &fused_rnn::scratch_bytes,
+        "Bytes of CPU scratch memory the calling thread keeps between op calls.");
+  m.def("release_scratch", &fused_rnn::release_scratch,
+        "Frees the CPU scratch memory the calling thread keeps between op calls.");
   m.def(
       "workspace_width",
       [](const std::string& cell, int64_t hidden, int64_t state, bool proj) {

@@ -1,11 +1,10 @@
-// Argument checks shared by every op (forward and backward, CPU and CUDA).
+// Argument checks shared by every op (forward and backward, CPU and CUDA), and the buffers
+// the driver allocates.
 #include "recurrence.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+#include <c10/util/accumulate.h>
 
-#include <cstdint>
+#include <array>
 
 namespace fused_rnn {
 
@@ -14,18 +13,35 @@ bool& poison_new_buffers() {
   return poison;
 }
 
-void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (bytes < 4 * kHuge) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  // Advice only: on failure (no THP in this kernel) the pages stay small.
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
+namespace {
+std::array<Tensor, static_cast<size_t>(Scratch::kCount)>& scratch_blocks() {
+  thread_local std::array<Tensor, static_cast<size_t>(Scratch::kCount)> blocks;
+  return blocks;
+}
+}  // namespace
+
+Tensor scratch_buffer(Scratch slot, at::IntArrayRef shape, const at::TensorOptions& opts) {
+  if (opts.device().type() != at::kCPU) return new_buffer(shape, opts);
+  const int64_t numel = c10::multiply_integers(shape);
+  const int64_t bytes = numel * static_cast<int64_t>(opts.dtype().itemsize());
+  Tensor& block = scratch_blocks()[static_cast<size_t>(slot)];
+  if (!block.defined() || block.numel() < bytes) {
+    block = Tensor();  // give the old block back before taking the larger one
+    block = at::empty({bytes}, opts.dtype(at::kByte));
+  }
+  Tensor t = block.narrow(0, 0, bytes).view(opts.dtype().toScalarType()).view(shape);
+  if (poison_new_buffers()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+int64_t scratch_bytes() {
+  int64_t total = 0;
+  for (const Tensor& block : scratch_blocks()) total += block.defined() ? block.numel() : 0;
+  return total;
+}
+
+void release_scratch() {
+  for (Tensor& block : scratch_blocks()) block = Tensor();
 }
 
 namespace {

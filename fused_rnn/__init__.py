@@ -12,4 +12,16 @@ from .rnn import LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell
 from .convert import to_fused, to_torch
 
 __all__ = ["functional", "reference", "__version__",
-           "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "to_fused", "to_torch"]
+           "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "to_fused", "to_torch",
+           "cpu_scratch_bytes", "release_cpu_scratch"]
+
+
+def cpu_scratch_bytes():
+    """Bytes of CPU scratch memory (input projections, gate gradients) that the calling
+    thread keeps between calls, so that the next call of the same size allocates nothing."""
+    return _ops._C.scratch_bytes()
+
+
+def release_cpu_scratch():
+    """Frees the calling thread's kept CPU scratch memory; the next call allocates afresh."""
+    _ops._C.release_scratch()

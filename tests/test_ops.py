@@ -207,3 +207,32 @@ def test_float32_every_step_gemm_path(cell, path):
     outputs, gradients = compare(case)
     for fused, ref in outputs + gradients:
         assert rel_error(fused, ref) <= 1e-5
+
+
+# CPU scratch memory (the input projection, the gate gradients) is kept per thread between
+# calls (csrc/recurrence.cpp, scratch_buffer): nothing a call returns may live in it, and a
+# call must not depend on what an earlier, larger or other-dtype call left there.
+@pytest.mark.parametrize("cell", CELLS)
+def test_scratch_reuse_across_calls(cell):
+    small = make_case(cell, packed=True)
+    big = make_case(cell, T=9, B=7, H=11, dtype=torch.float32, seed=1)
+    out_small, grads_small = compare(small)
+    kept = [t.detach().clone() for t, _ in out_small + grads_small]
+    out_big, grads_big = compare(big)  # larger and float32: reallocates and overwrites
+    for (fused, _), before in zip(out_small + grads_small, kept):
+        assert torch.equal(fused, before), "a returned tensor shares the kept scratch memory"
+    for fused, ref in out_big + grads_big:
+        assert rel_error(fused, ref) <= 1e-5
+    again, grads_again = compare(small)
+    for (fused, _), before in zip(again + grads_again, kept):
+        assert torch.equal(fused, before)
+
+
+def test_release_scratch():
+    case = make_case("gru")
+    compare(case)
+    assert fused_rnn.cpu_scratch_bytes() > 0
+    fused_rnn.release_cpu_scratch()
+    assert fused_rnn.cpu_scratch_bytes() == 0
+    for fused, ref in sum(compare(case), []):
+        assert rel_error(fused, ref) <= 1e-10
