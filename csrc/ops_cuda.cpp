@@ -66,7 +66,7 @@ struct CudaDevice {
   // The weight of the per-step GEMMs: cuBLAS takes it as it is.
   class StepWeight {
    public:
-    StepWeight(const at::Tensor& b, int64_t /*rows*/, int64_t /*steps*/) : b_(b) {}
+    StepWeight(const at::Tensor& b, int64_t /*steps*/) : b_(b) {}
     void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate) const { CudaDevice::gemm(out, a, b_, accumulate); }
 
    private:

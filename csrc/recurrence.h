@@ -4,10 +4,11 @@
 // into a preallocated buffer and one fused pointwise pass (Device::forward_step).
 // Backward: the mirror image per step (one pointwise pass, one GEMM for dh); the weight
 // gradients, dx and the bias gradients are single GEMMs / reductions over all steps after
-// the loop. GEMMs go through ATen, so BLAS/oneDNN on the CPU, cuBLAS on the current stream.
+// the loop. GEMMs go through ATen (oneDNN/MKL on the CPU, cuBLAS on the current stream),
+// except the CPU's per-step products, which multiply a packed copy of the weight.
 //
-// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), StepWeight(b, rows,
-// steps) with gemm(out, a, accumulate) for the GEMMs every step repeats with the same b,
+// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), StepWeight(b, steps)
+// with gemm(out, a, accumulate) for the GEMMs every step repeats with the same b,
 // forward_step<Cell>(ForwardStep<T>) and backward_step<Cell>(BackwardStep<T>); the CPU's is
 // in cpu/pointwise.h, the CUDA one in ops_cuda.cpp. Nothing here knows about layers,
 // directions or modules.
@@ -142,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
   const Tensor x2d = input.view({N, s.input});
   const int64_t n_steps = static_cast<int64_t>(steps.size());
-  const typename Device::StepWeight w_hh_step(w.w_hh.t(), s.batch, n_steps);
+  const typename Device::StepWeight w_hh_step(w.w_hh.t(), n_steps);
   const Tensor b_ih = contiguous_or_empty(w.b_ih);
   const Tensor b_hh = contiguous_or_empty(w.b_hh);
 
@@ -162,7 +163,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   // A projected LSTM's unprojected h' goes to the workspace, or to scratch in inference.
   Tensor h_scratch = proj && !need_workspace ? new_buffer({s.batch, H}, input.options()) : Tensor();
   std::optional<typename Device::StepWeight> w_hr_step;
-  if (proj) w_hr_step.emplace(w.w_hr->t(), s.batch, n_steps);
+  if (proj) w_hr_step.emplace(w.w_hr->t(), n_steps);
 
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
@@ -238,9 +239,9 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
   Tensor dh_buf = proj ? new_buffer({s.batch, H}, opts) : Tensor();  // that times W_hr
   const Tensor h_prev_all = ws_c.narrow(1, layout.h_prev_col, P);
   const int64_t n_steps = static_cast<int64_t>(steps.size());
-  const typename Device::StepWeight w_hh_step(w.w_hh, s.batch, n_steps);
+  const typename Device::StepWeight w_hh_step(w.w_hh, n_steps);
   std::optional<typename Device::StepWeight> w_hr_step;
-  if (proj) w_hr_step.emplace(*w.w_hr, s.batch, n_steps);
+  if (proj) w_hr_step.emplace(*w.w_hr, n_steps);
 
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);

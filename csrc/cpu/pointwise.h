@@ -47,7 +47,7 @@ struct CpuDevice {
    public:
     static constexpr int64_t kMinPackedSteps = 4;
 
-    StepWeight(const at::Tensor& b, int64_t /*rows*/, int64_t steps) : b_(b) {
+    explicit StepWeight(const at::Tensor& b, int64_t steps) : b_(b) {
       if (steps < kMinPackedSteps) return;
       if (b.scalar_type() == at::kFloat) f32_.emplace(b);
       if (b.scalar_type() == at::kDouble) f64_.emplace(b);
