@@ -236,3 +236,26 @@ def test_release_scratch():
     assert fused_rnn.cpu_scratch_bytes() == 0
     for fused, ref in sum(compare(case), []):
         assert rel_error(fused, ref) <= 1e-10
+
+
+def test_scratch_is_per_thread():
+    """Two threads running ops at once each get their own scratch memory."""
+    import threading
+
+    cases = [make_case("gru", T=7, B=5, H=9, seed=s) for s in (3, 4)]
+    expected = [[f.detach().clone() for f, _ in sum(compare(c), [])] for c in cases]
+    errors = []
+
+    def work(case, want):
+        for _ in range(20):
+            got = [f.detach() for f, _ in sum(compare(case), [])]
+            if not all(torch.equal(g, w) for g, w in zip(got, want)):
+                errors.append("results changed while another thread ran")
+                return
+
+    threads = [threading.Thread(target=work, args=(c, e)) for c, e in zip(cases, expected)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
