@@ -7,11 +7,34 @@
 
 namespace fused_rnn {
 
+// tanh to 3.5 ULP (Sleef's u35; ATen's Vectorized::tanh is the 1-ULP u10). Measured on the
+// project's AVX-512 CPU: 6.0 against 21.4 ns per 16 floats, the largest cost of an LSTM step's
+// pointwise pass; 3.5 ULP is a relative error under 5e-7 in float32.
+inline at::vec::Vectorized<float> tanh_u35(const at::vec::Vectorized<float>& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Sleef_tanhf16_u35(x);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Sleef_tanhf8_u35(x);
+#else
+  return x.tanh();
+#endif
+}
+
+inline at::vec::Vectorized<double> tanh_u35(const at::vec::Vectorized<double>& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Sleef_tanhd8_u35(x);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Sleef_tanhd4_u35(x);
+#else
+  return x.tanh();
+#endif
+}
+
 template <class T>
 struct Math<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
   static V sigmoid(const V& x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
-  static V tanh(const V& x) { return x.tanh(); }
+  static V tanh(const V& x) { return tanh_u35(x); }
   static V relu(const V& x) { return at::vec::maximum(x, V(T(0))); }
   static V relu_grad(const V& y, const V& dy) { return V::blendv(V(T(0)), dy, y > V(T(0))); }
 };
