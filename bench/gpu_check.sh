@@ -6,15 +6,17 @@
 #   bash bench/gpu_check.sh                  # every stage: build info test sanitize bench
 #   bash bench/gpu_check.sh build test       # some stages, in the order given
 #
-# Stages: build, info, test, sanitize, bench. One device command may run for at most 10
-# minutes, so on the lent machine run it in steps (the build stays between calls while the
-# machine is warm), e.g. `build info test`, then `sanitize`, then `bench`.
+# Stages: build, info, test, sanitize, bench (= bench-full, then bench-tf32on). One device
+# command may run for at most 10 minutes, so on the lent machine run it in steps (the build
+# stays between calls while the machine is warm), e.g. `build info test`, then `sanitize`,
+# then `bench-full`, then `bench-tf32on`.
 #
 # Uses the system python3 (torch with CUDA, nvcc, ninja, pybind11, pytest; no network, no
 # venv); PYTHON overrides it. Logs (one per stage), the JUnit XML of the tests and a copy of
 # the benchmark results go to $OUT when set (the device tool brings $OUT back), else to
 # build/gpu-check/. The benchmark JSON (with the sha256 of csrc/ it was measured on) is
-# written to bench/results/<date>-<gpu>[-tf32on|-bf16].json, with its .md table and .png plot.
+# written to bench/results/<date>-<gpu>-{full,tf32on}.json, with its .md table and .png
+# plot; all three also travel as $OUT/{full,tf32on}-results.tgz.
 # A failing build stops the script; any other failing stage is reported at the end and
 # makes the exit status 1.
 set -euo pipefail
@@ -91,21 +93,26 @@ stage_sanitize() {
     "$san" --tool initcheck --error-exitcode 1 $PY bench/sanitize_cuda.py
 }
 
-stage_bench() {
-  local gpu date results=bench/results
+# bench_run NAME ARGS...: one benchmark run against torch.nn (cuDNN), written to
+# bench/results/<date>-<gpu>-NAME.{json,md,png}, and packed into $LOG/NAME-results.tgz: the
+# device tool brings back at most 8 files a call, so a run's files travel as one.
+bench_run() {
+  local name=$1 gpu date
+  shift
   gpu=$($PY -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
   date=$(date -u +%F)
-  mkdir -p "$results" "$LOG/results"
-  # fp32 with TF32 off on both sides (the fair full-precision comparison), with TF32 on on
-  # both sides (cuDNN's default), and bfloat16.
-  run_stage bench-fp32-tf32off $PY -m fused_rnn bench --device cuda --tf32 off --no-progress \
-    --out "$results/$date-$gpu.json"
-  run_stage bench-fp32-tf32on $PY -m fused_rnn bench --device cuda --tf32 on --no-progress \
-    --out "$results/$date-$gpu-tf32on.json"
-  run_stage bench-bf16 $PY -m fused_rnn bench --device cuda --dtype bfloat16 --no-progress \
-    --out "$results/$date-$gpu-bf16.json"
-  cp "$results/$date-$gpu"*.* "$LOG/results/" 2>/dev/null || true
+  mkdir -p bench/results
+  run_stage "bench-$name" $PY -m fused_rnn bench --device cuda --no-progress "$@" \
+    --out "bench/results/$date-$gpu-$name.json"
+  tar czf "$LOG/$name-results.tgz" -C bench/results $(cd bench/results && ls "$date-$gpu-$name".* 2>/dev/null) ||
+    true
 }
+
+# DESIGN §5's sweep (standard case; B, H, T, layers, bidirectional, packed; fp32 and, on
+# CUDA, bf16 and fp16) with TF32 off on both sides: the fair full-precision comparison.
+stage_bench_full() { bench_run full --sweep full --tf32 off; }
+# The B sweep again with TF32 on on both sides (cuDNN's default).
+stage_bench_tf32on() { bench_run tf32on --sweep short --tf32 on; }
 
 for stage in "${STAGES[@]}"; do
   case $stage in
@@ -116,8 +123,10 @@ for stage in "${STAGES[@]}"; do
     info) run_stage info stage_info ;;
     test) run_stage test stage_test ;;
     sanitize) stage_sanitize ;;
-    bench) stage_bench ;;
-    *) echo "unknown stage '$stage' (build, info, test, sanitize, bench)"; exit 2 ;;
+    bench) stage_bench_full; stage_bench_tf32on ;;
+    bench-full) stage_bench_full ;;
+    bench-tf32on) stage_bench_tf32on ;;
+    *) echo "unknown stage '$stage' (build, info, test, sanitize, bench, bench-full, bench-tf32on)"; exit 2 ;;
   esac
 done
 
