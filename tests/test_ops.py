@@ -259,3 +259,14 @@ def test_scratch_is_per_thread():
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scratch_kept_from_inference_mode(cell):
+    """Scratch first taken inside torch.inference_mode is reused by a call that records grads."""
+    fused_rnn.release_cpu_scratch()
+    case = make_case(cell, T=3, B=2)  # float64, a short sequence: the at::mm_out paths
+    with torch.inference_mode():
+        case.run(functional)
+    for fused, ref in sum(compare(case), []):
+        assert rel_error(fused, ref) <= 1e-10
