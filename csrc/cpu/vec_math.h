@@ -1,4 +1,4 @@
-// Math<Vectorized<T>>: the nonlinearities on SIMD vectors (Sleef exp/tanh through ATen),
+// Math<Vectorized<T>>: the nonlinearities on SIMD vectors (exp through ATen, tanh straight from Sleef),
 // so the scalar cell definitions in csrc/cells run 8 or 16 lanes at a time on the CPU.
 #pragma once
 #include <ATen/cpu/vec/vec.h>
@@ -10,25 +10,18 @@ namespace fused_rnn {
 // tanh to 3.5 ULP (Sleef's u35; ATen's Vectorized::tanh is the 1-ULP u10). Measured on the
 // project's AVX-512 CPU: 6.0 against 21.4 ns per 16 floats, the largest cost of an LSTM step's
 // pointwise pass; 3.5 ULP is a relative error under 5e-7 in float32.
-inline at::vec::Vectorized<float> tanh_u35(const at::vec::Vectorized<float>& x) {
 #if defined(CPU_CAPABILITY_AVX512)
-  return Sleef_tanhf16_u35(x);
+inline at::vec::Vectorized<float> tanh_u35(const at::vec::Vectorized<float>& x) { return Sleef_tanhf16_u35(x); }
+inline at::vec::Vectorized<double> tanh_u35(const at::vec::Vectorized<double>& x) { return Sleef_tanhd8_u35(x); }
 #elif defined(CPU_CAPABILITY_AVX2)
-  return Sleef_tanhf8_u35(x);
+inline at::vec::Vectorized<float> tanh_u35(const at::vec::Vectorized<float>& x) { return Sleef_tanhf8_u35(x); }
+inline at::vec::Vectorized<double> tanh_u35(const at::vec::Vectorized<double>& x) { return Sleef_tanhd4_u35(x); }
 #else
-  return x.tanh();
-#endif
+template <class T>
+at::vec::Vectorized<T> tanh_u35(const at::vec::Vectorized<T>& x) {
+  return x.tanh();  // no Sleef in the scalar build: ATen's own
 }
-
-inline at::vec::Vectorized<double> tanh_u35(const at::vec::Vectorized<double>& x) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return Sleef_tanhd8_u35(x);
-#elif defined(CPU_CAPABILITY_AVX2)
-  return Sleef_tanhd4_u35(x);
-#else
-  return x.tanh();
 #endif
-}
 
 template <class T>
 struct Math<at::vec::Vectorized<T>> {
