@@ -16,17 +16,14 @@ from torch.nn.utils import parametrizations
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
+import module_cases
+from module_cases import FUSED_CLASS, MODE_IDS, TORCH_CLASS, make_leaves, module_kwargs
 
 T, B, I, H, P = 5, 3, 4, 5, 3
 LENGTHS = {"packed_sorted": [5, 3, 2], "packed_unsorted": [3, 5, 2]}
 LAYOUTS = ["padded", "unbatched", "packed_sorted", "packed_unsorted"]
 
-TORCH_CLASS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
-FUSED_CLASS = {"LSTM": fused_rnn.LSTM, "GRU": fused_rnn.GRU,
-               "RNN_TANH": fused_rnn.RNN, "RNN_RELU": fused_rnn.RNN}
-# (mode, proj_size): projections exist for LSTM only.
-MODES = [("LSTM", 0), ("LSTM", P), ("GRU", 0), ("RNN_TANH", 0), ("RNN_RELU", 0)]
-MODE_IDS = ["LSTM", "LSTM-proj", "GRU", "RNN_TANH", "RNN_RELU"]
+MODES = module_cases.modes(P)
 
 
 @pytest.fixture(autouse=True)
@@ -34,58 +31,18 @@ def _seed():
     torch.manual_seed(0)
 
 
-def module_kwargs(mode, proj_size=0, **kw):
-    if mode.startswith("RNN"):
-        kw["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
-    if proj_size:
-        kw["proj_size"] = proj_size
-    return kw
-
-
 def build_pair(mode, proj_size=0, dtype=torch.float64, **kw):
     """torch.nn module and fused module holding the same weights."""
-    kw = module_kwargs(mode, proj_size, dtype=dtype, **kw)
-    ref = TORCH_CLASS[mode](I, H, **kw)
-    fused = FUSED_CLASS[mode](I, H, **kw)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
+    return module_cases.build_pair(mode, I, H, proj_size, dtype, **kw)
 
 
 def make_input(module, layout, dtype):
-    if layout == "unbatched":
-        shape = (T, I)
-    else:
-        shape = (B, T, I) if module.batch_first else (T, B, I)
-    return torch.randn(shape, dtype=dtype, requires_grad=True)
-
-
-def make_hx(module, layout, dtype):
-    """Leaves [h0] or [h0, c0]."""
-    num_states = module.num_layers * (2 if module.bidirectional else 1)
-    batch = () if layout == "unbatched" else (B,)
-    proj = getattr(module, "proj_size", 0)
-    h = torch.randn(num_states, *batch, proj or module.hidden_size, dtype=dtype,
-                    requires_grad=True)
-    if module.mode != "LSTM":
-        return [h]
-    c = torch.randn(num_states, *batch, module.hidden_size, dtype=dtype, requires_grad=True)
-    return [h, c]
-
-
-def module_input(module, layout, x):
-    if not layout.startswith("packed"):
-        return x
-    return pack_padded_sequence(x, torch.tensor(LENGTHS[layout]), batch_first=module.batch_first,
-                                enforce_sorted=layout == "packed_sorted")
+    return make_leaves(module, layout, T, B, dtype, with_hx=False)[0]
 
 
 def run(module, layout, x, hx):
     """Forward; returns the list of result tensors [output, h_n(, c_n)] and the raw output."""
-    arg = None if hx is None else (tuple(hx) if module.mode == "LSTM" else hx[0])
-    out, hidden = module(module_input(module, layout, x), arg)
-    data = out.data if isinstance(out, PackedSequence) else out
-    states = list(hidden) if isinstance(hidden, tuple) else [hidden]
-    return [data] + states, out
+    return module_cases.run(module, x, hx, LENGTHS.get(layout), enforce_sorted=layout == "packed_sorted")
 
 
 def assert_close(actual, expected, what=""):
@@ -102,8 +59,7 @@ def assert_close(actual, expected, what=""):
 
 def compare_modules(ref, fused, layout, with_hx, dtype):
     """Outputs and gradients of input, hx and every parameter of two modules agree."""
-    x = make_input(ref, layout, dtype)
-    hx = make_hx(ref, layout, dtype) if with_hx else None
+    x, hx = make_leaves(ref, layout, T, B, dtype, with_hx=with_hx)
     got, out_f = run(fused, layout, x, hx)
     want, out_r = run(ref, layout, x, hx)
     if isinstance(out_r, PackedSequence):
@@ -119,9 +75,9 @@ def compare_modules(ref, fused, layout, with_hx, dtype):
         assert_close(a, b, name)
 
     grad_outputs = [torch.randn_like(t) for t in want]
-    leaves_r = [x] + (hx or []) + list(ref.parameters())
-    leaves_f = [x] + (hx or []) + list(fused.parameters())
-    leaf_names = ["input"] + [f"hx[{i}]" for i in range(len(hx or []))]
+    leaves_r = [x] + hx + list(ref.parameters())
+    leaves_f = [x] + hx + list(fused.parameters())
+    leaf_names = ["input"] + [f"hx[{i}]" for i in range(len(hx))]
     leaf_names += [name for name, _ in ref.named_parameters()]
     grads_f = torch.autograd.grad(got, leaves_f, grad_outputs)
     grads_r = torch.autograd.grad(want, leaves_r, grad_outputs)
@@ -133,13 +89,7 @@ def compare_modules(ref, fused, layout, with_hx, dtype):
 # Forward and backward over the whole grid of options.
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
-@pytest.mark.parametrize("mode,proj_size", MODES, ids=MODE_IDS)
+@module_cases.over_grid(LAYOUTS, P)
 def test_grid_float64(mode, proj_size, num_layers, bias, batch_first, bidirectional, layout,
                       with_hx):
     ref, fused = build_pair(mode, proj_size, num_layers=num_layers, bias=bias,

@@ -8,9 +8,11 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
+import module_cases
+from module_cases import MODE_IDS
+from op_cases import rel_error
 
 pytestmark = [
     pytest.mark.cuda,
@@ -20,10 +22,7 @@ pytestmark = [
 T, B, I, H, P = 6, 4, 12, 32, 16
 LENGTHS = [4, 6, 1, 5]  # packed, unsorted (enforce_sorted=False)
 LAYOUTS = ["padded", "unbatched", "packed"]
-TORCH_CLASS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
-FUSED_CLASS = {"LSTM": fused_rnn.LSTM, "GRU": fused_rnn.GRU, "RNN_TANH": fused_rnn.RNN, "RNN_RELU": fused_rnn.RNN}
-MODES = [("LSTM", 0), ("LSTM", P), ("GRU", 0), ("RNN_TANH", 0), ("RNN_RELU", 0)]
-MODE_IDS = ["LSTM", "LSTM-proj", "GRU", "RNN_TANH", "RNN_RELU"]
+MODES = module_cases.modes(P)
 
 
 @pytest.fixture(autouse=True)
@@ -40,48 +39,17 @@ def cuda_settings():
 
 def build_pair(mode, proj_size=0, dtype=torch.float32, **kw):
     """torch.nn module and fused module with the same weights, on CUDA."""
-    if mode.startswith("RNN"):
-        kw["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
-    if proj_size:
-        kw["proj_size"] = proj_size
-    ref = TORCH_CLASS[mode](I, H, **kw)
-    fused = FUSED_CLASS[mode](I, H, **kw)
-    fused.load_state_dict(ref.state_dict())
-    return ref.to("cuda", dtype), fused.to("cuda", dtype)
+    return module_cases.build_pair(mode, I, H, proj_size, dtype, device="cuda", **kw)
 
 
 def make_leaves(module, layout, dtype, with_hx=True):
     """The input and hx leaves ([h0] or [h0, c0], or [] without hx) for `module`."""
-    if layout == "unbatched":
-        shape, batch = (T, I), ()
-    else:
-        shape, batch = ((B, T, I) if module.batch_first else (T, B, I)), (B,)
-    x = torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True)
-    if not with_hx:
-        return x, []
-    layers = module.num_layers * (2 if module.bidirectional else 1)
-    h = torch.randn(layers, *batch, getattr(module, "proj_size", 0) or H, device="cuda", dtype=dtype,
-                    requires_grad=True)
-    if module.mode != "LSTM":
-        return x, [h]
-    return x, [h, torch.randn(layers, *batch, H, device="cuda", dtype=dtype, requires_grad=True)]
+    return module_cases.make_leaves(module, layout, T, B, dtype, "cuda", with_hx)
 
 
 def run(module, layout, x, hx):
     """[output data, h_n(, c_n)] of one forward."""
-    arg = x
-    if layout == "packed":
-        arg = pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=module.batch_first, enforce_sorted=False)
-    state = None if not hx else (tuple(hx) if module.mode == "LSTM" else hx[0])
-    out, hidden = module(arg, state)
-    assert isinstance(out, PackedSequence) == (layout == "packed")
-    data = out.data if isinstance(out, PackedSequence) else out
-    return [data] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
-
-
-def rel_error(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return module_cases.run(module, x, hx, LENGTHS if layout == "packed" else None, enforce_sorted=False)[0]
 
 
 def forward_and_grads(module, layout, leaves, grad_outputs=None):
@@ -98,13 +66,7 @@ def names(module, hx):
     return ["input"] + [f"hx[{i}]" for i in range(len(hx))] + [n for n, _ in module.named_parameters()]
 
 
-@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
-@pytest.mark.parametrize("mode,proj_size", MODES, ids=MODE_IDS)
+@module_cases.over_grid(LAYOUTS, P)
 def test_float32_matches_torch_nn(mode, proj_size, num_layers, bias, bidirectional, batch_first, layout, with_hx):
     ref, fused = build_pair(mode, proj_size, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
                             batch_first=batch_first)

@@ -1,0 +1,90 @@
+"""What the module tests share (test_rnn.py on the CPU, test_rnn_cuda.py on CUDA): the
+modes, a torch.nn and a fused module with the same weights, input and hx leaves, and one
+forward. Each test file keeps its own sizes and layouts."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fused_rnn
+
+TORCH_CLASS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
+FUSED_CLASS = {"LSTM": fused_rnn.LSTM, "GRU": fused_rnn.GRU, "RNN_TANH": fused_rnn.RNN, "RNN_RELU": fused_rnn.RNN}
+MODE_IDS = ["LSTM", "LSTM-proj", "GRU", "RNN_TANH", "RNN_RELU"]
+
+
+def modes(proj_size):
+    """(mode, proj_size) pairs, ids MODE_IDS: projections exist for LSTM only."""
+    return [("LSTM", 0), ("LSTM", proj_size), ("GRU", 0), ("RNN_TANH", 0), ("RNN_RELU", 0)]
+
+
+def over_grid(layouts, proj_size):
+    """Parametrizes a test over every mode and option of the modules: mode, proj_size,
+    num_layers, bias, batch_first, bidirectional, layout and with_hx."""
+    axes = [
+        pytest.mark.parametrize("mode,proj_size", modes(proj_size), ids=MODE_IDS),
+        pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"]),
+        pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"]),
+        pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"]),
+        pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"]),
+        pytest.mark.parametrize("layout", layouts),
+        pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"]),
+    ]
+
+    def apply(test):
+        for axis in axes:
+            test = axis(test)
+        return test
+    return apply
+
+
+def module_kwargs(mode, proj_size=0, **kw):
+    if mode.startswith("RNN"):
+        kw["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    if proj_size:
+        kw["proj_size"] = proj_size
+    return kw
+
+
+def build_pair(mode, input_size, hidden_size, proj_size=0, dtype=torch.float64, device="cpu", **kw):
+    """torch.nn module and fused module holding the same weights (initialised on the CPU, so
+    both devices draw the same values for the same seed)."""
+    ref = TORCH_CLASS[mode](input_size, hidden_size, **module_kwargs(mode, proj_size, **kw))
+    fused = FUSED_CLASS[mode](input_size, hidden_size, **module_kwargs(mode, proj_size, **kw))
+    fused.load_state_dict(ref.state_dict())
+    return ref.to(device, dtype), fused.to(device, dtype)
+
+
+def make_leaves(module, layout, steps, batch, dtype, device="cpu", with_hx=True):
+    """The input and the hx leaves ([h0] or [h0, c0]; [] without hx) for `module`; layout
+    "unbatched" drops the batch dimension, any other keeps it."""
+    def leaf(*shape):
+        return torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+
+    batch_shape = () if layout == "unbatched" else (batch,)
+    if layout == "unbatched":
+        x = leaf(steps, module.input_size)
+    else:
+        x = leaf(batch, steps, module.input_size) if module.batch_first else leaf(steps, batch, module.input_size)
+    if not with_hx:
+        return x, []
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    h = leaf(layers, *batch_shape, getattr(module, "proj_size", 0) or module.hidden_size)
+    if module.mode != "LSTM":
+        return x, [h]
+    return x, [h, leaf(layers, *batch_shape, module.hidden_size)]
+
+
+def run(module, x, hx, lengths=None, enforce_sorted=True):
+    """One forward, packed when `lengths` is given; returns ([output data, h_n(, c_n)], the
+    raw output)."""
+    arg = x
+    if lengths is not None:
+        arg = pack_padded_sequence(x, torch.tensor(lengths), batch_first=module.batch_first,
+                                   enforce_sorted=enforce_sorted)
+    state = None if not hx else (tuple(hx) if module.mode == "LSTM" else hx[0])
+    out, hidden = module(arg, state)
+    assert isinstance(out, PackedSequence) == (lengths is not None)
+    data = out.data if isinstance(out, PackedSequence) else out
+    states = list(hidden) if isinstance(hidden, tuple) else [hidden]
+    return [data] + states, out
