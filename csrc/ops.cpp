@@ -52,6 +52,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("release_scratch", &fused_rnn::release_scratch,
         "Frees the CPU scratch memory the calling thread keeps between op calls.");
   m.def(
+      "split_workers",
+      [](int64_t rows, int64_t depth, int64_t gates, int64_t hidden, int64_t steps, bool splittable, bool float64) {
+        const fused_rnn::StepPlan plan{rows, depth, gates, hidden, splittable};
+        const int64_t lanes = float64 ? at::vec::Vectorized<double>::size() : at::vec::Vectorized<float>::size();
+        return fused_rnn::CpuDevice::split_workers(steps, plan, lanes);
+      },
+      "Testing aid: the threads a CPU forward splits such steps over by hidden units (1: not split).");
+  m.def(
       "workspace_width",
       [](const std::string& cell, int64_t hidden, int64_t state, bool proj) {
         int cols = cell == "lstm" ? fused_rnn::LstmCell::kWorkspace

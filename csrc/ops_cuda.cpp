@@ -63,20 +63,31 @@ struct CudaDevice {
     }
   }
 
-  // The weight of the per-step GEMMs: cuBLAS takes it as it is.
+  // The weight of the per-step GEMMs: cuBLAS takes it as it is. Steps are never split
+  // (for_each_step), so every call multiplies all columns.
   class StepWeight {
    public:
-    StepWeight(const at::Tensor& b, int64_t /*steps*/) : b_(b) {}
-    void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate) const { CudaDevice::gemm(out, a, b_, accumulate); }
+    StepWeight(const at::Tensor& b, int64_t /*steps*/, int64_t /*groups*/ = 1) : b_(b) {}
+    void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate, const Units& units = {}) const {
+      TORCH_INTERNAL_ASSERT(!units.split);
+      CudaDevice::gemm(out, a, b_, accumulate);
+    }
 
    private:
     at::Tensor b_;
   };
 
+  // One step after another, each a GEMM launch and a kernel launch over the whole step.
+  template <class T, class Body>
+  static void for_each_step(int64_t n_steps, const StepPlan& plan, Body&& body) {
+    for_each_whole_step(n_steps, plan.hidden, body);
+  }
+
   // The op impls hold a device guard for the input's device, so the current stream is that
   // device's. Launches are asynchronous; nothing here waits for the GPU.
   template <class Cell, class T>
-  static void forward_step(const ForwardStep<T>& a) {
+  static void forward_step(const ForwardStep<T>& a, const Units& units) {
+    TORCH_INTERNAL_ASSERT(!units.split);
     using U = typename CudaScalar<T>::type;
     C10_CUDA_CHECK((launch_forward_step<Cell, U>(as_cuda_step(a), c10::cuda::getCurrentCUDAStream().stream())));
   }

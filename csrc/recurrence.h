@@ -7,10 +7,12 @@
 // the loop. GEMMs go through ATen (oneDNN/MKL on the CPU, cuBLAS on the current stream),
 // except the CPU's per-step products, which multiply a packed copy of the weight.
 //
-// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), StepWeight(b, steps)
-// with gemm(out, a, accumulate) for the GEMMs every step repeats with the same b,
-// forward_step<Cell>(ForwardStep<T>) and backward_step<Cell>(BackwardStep<T>); the CPU's is
-// in cpu/pointwise.h, the CUDA one in ops_cuda.cpp. Nothing here knows about layers,
+// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), StepWeight(b, steps,
+// groups) with gemm(out, a, accumulate, units) for the GEMMs every step repeats with the same
+// b, for_each_step<T>(n_steps, plan, body) that runs the forward loop's body (the CPU splits
+// a step of a few rows over its threads by hidden units, see Units), forward_step<Cell>(
+// ForwardStep<T>, units) and backward_step<Cell>(BackwardStep<T>); the CPU's is in
+// cpu/pointwise.h, the CUDA one in ops_cuda.cpp. Nothing here knows about layers,
 // directions or modules.
 #pragma once
 #include <ATen/ATen.h>
@@ -143,7 +145,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
   const Tensor x2d = input.view({N, s.input});
   const int64_t n_steps = static_cast<int64_t>(steps.size());
-  const typename Device::StepWeight w_hh_step(w.w_hh.t(), n_steps);
+  const typename Device::StepWeight w_hh_step(w.w_hh.t(), n_steps, /*groups=*/G);
   const Tensor b_ih = contiguous_or_empty(w.b_ih);
   const Tensor b_hh = contiguous_or_empty(w.b_hh);
 
@@ -165,13 +167,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   std::optional<typename Device::StepWeight> w_hr_step;
   if (proj) w_hr_step.emplace(w.w_hr->t(), n_steps);
 
+  // A projected LSTM's step ends in a GEMM over all units: its steps are never split.
+  const StepPlan plan{s.batch, P, G, H, /*splittable=*/!proj};
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
-    for (int64_t k = 0; k < n_steps; ++k) {
+    Device::template for_each_step<T>(n_steps, plan, [&](int64_t k, const Units& units, const auto& sync) {
       const StepRows& st = steps[reverse ? n_steps - 1 - k : k];
       const Tensor h_prev = first_rows(h_state, st.rows);
       Tensor h_gates_rows = first_rows(h_gates, st.rows);
-      w_hh_step.gemm(h_gates_rows, h_prev, false);
+      w_hh_step.gemm(h_gates_rows, h_prev, false, units);
+      sync();  // the pass below overwrites h_state, which the GEMM of every split reads
       // h_prev is kept for backward's dW_hh: by the pointwise pass, which reads h_state
       // anyway, except for a projected LSTM, whose state has another width than the pass.
       if (need_workspace && proj) ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_prev_col, P).copy_(h_prev);
@@ -198,7 +203,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
         a.h_state_stride = P;
         if (need_workspace) a.h_prev_save = a.ws + layout.h_prev_col;
       }
-      Device::template forward_step<Cell, T>(a);
+      Device::template forward_step<Cell, T>(a, units);
 
       if (proj) {
         const Tensor h_unprojected = need_workspace
@@ -208,7 +213,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
         w_hr_step->gemm(out_rows, h_unprojected, false);
         first_rows(h_state, st.rows).copy_(out_rows);
       }
-    }
+    });
   });
   return {output, h_state, Cell::kHasCellState ? c_state : at::empty({0}, input.options()), ws};
 }

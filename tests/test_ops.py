@@ -209,6 +209,65 @@ def test_float32_every_step_gemm_path(cell, path):
         assert rel_error(fused, ref) <= 1e-5
 
 
+# A forward of a few rows is split over the CPU threads by hidden units, all steps in one
+# parallel region (CpuDevice::for_each_step): each thread runs the GEMM columns and the pass of
+# its units, with barriers between. H = 184 is not a whole number of SIMD vectors (the last
+# thread's share is partial) and makes even RNN's step at B = 1 large enough to split.
+SPLIT_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _split_case(cell, B, packed, reverse, dtype):
+    H = 184
+    case = make_case(cell, packed=packed, reverse=reverse, dtype=dtype, T=6, B=B, I=7, H=H, scale=H ** -0.5)
+    steps = len(case.batch_sizes) if packed else 6
+    workers = _ops._C.split_workers(B, H, SPLIT_GATES[cell], H, steps, True, dtype == torch.float64)
+    assert workers == 2, "the case no longer exercises the split steps"
+    return case
+
+
+@pytest.mark.parametrize("cell", list(SPLIT_GATES))
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_split_steps_match_reference(two_threads, cell, B, packed, reverse, dtype):
+    """Training forward (with workspace) and backward against the reference, and the
+    inference forward bit for bit against the same call on one thread (not split)."""
+    case = _split_case(cell, B, packed, reverse, dtype)
+    outputs, gradients = compare(case)
+    for fused, ref in outputs + gradients:
+        if dtype == torch.float64:
+            assert (fused - ref).abs().max().item() <= 1e-10
+        else:
+            assert rel_error(fused, ref) <= 1e-5
+    with torch.no_grad():
+        split = case.run(functional)
+        torch.set_num_threads(1)
+        whole = case.run(functional)
+    for a, b in zip(split, whole):
+        assert torch.equal(a, b)
+
+
+def test_split_steps_only_where_they_pay(two_threads):
+    split_workers = _ops._C.split_workers
+    assert split_workers(1, 256, 4, 256, 100, True, False) == 2  # B = 1 streaming inference
+    assert split_workers(8, 256, 4, 256, 100, True, False) == 2
+    assert split_workers(9, 256, 4, 256, 100, True, False) == 1  # many rows: whole steps
+    assert split_workers(1, 256, 4, 256, 3, True, False) == 1    # too short to pack W_hh
+    assert split_workers(1, 16, 4, 16, 100, True, False) == 1    # too little work to share
+    assert split_workers(1, 256, 4, 256, 100, False, False) == 1  # projected LSTM
+    torch.set_num_threads(1)
+    assert split_workers(1, 256, 4, 256, 100, True, False) == 1
+
+
 # CPU scratch memory (the input projection, the gate gradients) is kept per thread between
 # calls (csrc/recurrence.cpp, scratch_buffer): nothing a call returns may live in it, and a
 # call must not depend on what an earlier, larger or other-dtype call left there.

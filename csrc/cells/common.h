@@ -76,6 +76,33 @@ struct BackwardStep {
   int64_t d_gates_stride = 0;
 };
 
+// What the driver tells the device about a layer's forward steps before the loop: a step is
+// a GEMM [rows, depth] x [depth, gates * hidden], then a pass over [rows, hidden]. `splittable`:
+// the step's work can be divided by hidden units, each thread taking the GEMM's columns of
+// its units in every gate and then the pass over them (not so for a projected LSTM, whose
+// step ends in a GEMM over all units).
+struct StepPlan {
+  int64_t rows, depth, gates, hidden;
+  bool splittable;
+};
+
+// The hidden units [begin, end) of a step that one call runs. `split`: other threads run the
+// other units of the step at the same time (CpuDevice::for_each_step); otherwise the call
+// runs the whole step and may be parallel inside.
+struct Units {
+  int64_t begin = 0, end = 0;
+  bool split = false;
+  static Units whole(int64_t hidden) { return {0, hidden, false}; }
+};
+
+// body(k, units, sync) for k = 0 .. n_steps - 1 in order, each step whole on the calling
+// thread: the executor of devices that do not split steps (sync has nothing to wait for).
+template <class Body>
+void for_each_whole_step(int64_t n_steps, int64_t hidden, Body&& body) {
+  const auto no_sync = [] {};
+  for (int64_t k = 0; k < n_steps; ++k) body(k, Units::whole(hidden), no_sync);
+}
+
 // Element `col` of a GEMM result row plus its bias (when there is one).
 template <class V, class T, class IO>
 FUSED_RNN_HD V gemm_plus_bias(const IO& io, const T* row, const T* bias, int64_t col) {

@@ -24,55 +24,86 @@ class PackedWeight {
   using V = at::vec::Vectorized<T>;
   static constexpr int64_t kLanes = V::size();
 
-  // b: [k, n], any strides (W^T as a view of W included).
-  explicit PackedWeight(const at::Tensor& b)
-      : k_(b.size(0)), n_(b.size(1)), panels_((b.size(1) + kLanes - 1) / kLanes) {
+  // b: [k, n], any strides (W^T as a view of W included), n = groups * width. Each group of
+  // columns (a gate of W_hh^T) gets its own panels, so the units [u0, u1) of every gate are
+  // whole panels when u0 and u1 are multiples of kLanes (multiply_units).
+  explicit PackedWeight(const at::Tensor& b, int64_t groups = 1)
+      : k_(b.size(0)), groups_(groups), width_(b.size(1) / groups), group_panels_((width_ + kLanes - 1) / kLanes),
+        panels_(groups * group_panels_) {
+    TORCH_INTERNAL_ASSERT(width_ * groups == b.size(1), "PackedWeight: ", b.size(1), " columns in ", groups, " groups");
     packed_ = at::empty({panels_ * k_ * kLanes}, b.options());
     const T* src = b.data_ptr<T>();
-    const int64_t sk = b.stride(0), sn = b.stride(1), k = k_, n = n_;
+    const int64_t sk = b.stride(0), sn = b.stride(1), k = k_;
     T* dst = packed_.data_ptr<T>();
     at::parallel_for(0, panels_, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
-        const int64_t c0 = p * kLanes;
-        pack_panel(src + c0 * sn, sk, sn, k, std::min<int64_t>(kLanes, n - c0), dst + p * k * kLanes);
+        pack_panel(src + first_column(p) * sn, sk, sn, k, columns(p), dst + p * k * kLanes);
       }
     });
   }
 
-  // out[m, n] (+)= a[m, k] @ b. out and a: rows with unit column stride.
+  // out[m, n] (+)= a[m, k] @ b, the panels split over the threads. out and a: rows with unit
+  // column stride.
   void multiply(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
-    const int64_t m = a.size(0);
-    const T* a_ptr = a.data_ptr<T>();
-    const T* w = packed_.data_ptr<T>();
-    T* o = out.data_ptr<T>();
-    const int64_t lda = a.stride(0), ldo = out.stride(0);
-    if (k_ == 0) {  // an empty sum
-      if (!accumulate) out.zero_();
-      return;
-    }
+    const Operands x = operands(out, a, accumulate);
+    if (k_ == 0) return empty_sum(out, accumulate);
     // Split panels evenly over the threads when the step is worth it (about 16k FMAs each).
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, m * k_ * kLanes));
-    const int64_t group = std::max<int64_t>(1, kGroupBytes / (std::min(k_, kDepth) * kLanes * int64_t(sizeof(T))));
-    at::parallel_for(0, panels_, grain, [&](int64_t p0, int64_t p1) {
-      // A group of panels, one depth slice deep, stays in L2 while every block of rows
-      // passes over it; a block of rows of `a`, one slice deep, stays in L1.
-      for (int64_t g0 = p0; g0 < p1; g0 += group) {
-        const int64_t g1 = std::min(p1, g0 + group);
-        for (int64_t k0 = 0; k0 < k_; k0 += kDepth) {
-          const Depth depth{k0, std::min(k_, k0 + kDepth), accumulate || k0 > 0};
-          for (int64_t r = 0; r < m; r += kMaxRows) {
-            const int64_t rows = std::min<int64_t>(kMaxRows, m - r);
-            row_block(rows, a_ptr + r * lda, lda, w, o + r * ldo, ldo, g0, g1, depth);
-          }
-        }
-      }
-    });
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.m * k_ * kLanes));
+    at::parallel_for(0, panels_, grain, [&](int64_t p0, int64_t p1) { multiply_panels(x, p0, p1); });
+  }
+
+  // The same for the columns of units [u0, u1) of every group only, on the calling thread.
+  // u0 must be a multiple of kLanes (u1 too, unless it is the width).
+  void multiply_units(const at::Tensor& out, const at::Tensor& a, bool accumulate, int64_t u0, int64_t u1) const {
+    TORCH_INTERNAL_ASSERT(k_ > 0 && u0 % kLanes == 0 && (u1 % kLanes == 0 || u1 == width_) && u0 <= u1 &&
+                          u1 <= width_);
+    const Operands x = operands(out, a, accumulate);
+    const int64_t q0 = u0 / kLanes, q1 = (u1 + kLanes - 1) / kLanes;
+    for (int64_t g = 0; g < groups_; ++g) {
+      multiply_panels(x, g * group_panels_ + q0, g * group_panels_ + q1);
+    }
   }
 
   // Rows per register block; larger steps loop over blocks.
   static constexpr int kMaxRows = 8;
 
  private:
+  struct Operands {
+    int64_t m;
+    const T* a;
+    int64_t lda;
+    T* o;
+    int64_t ldo;
+    bool accumulate;
+  };
+  static Operands operands(const at::Tensor& out, const at::Tensor& a, bool accumulate) {
+    return {a.size(0), a.data_ptr<T>(), a.stride(0), out.data_ptr<T>(), out.stride(0), accumulate};
+  }
+  static void empty_sum(const at::Tensor& out, bool accumulate) {
+    if (!accumulate) out.zero_();
+  }
+
+  // Panel p: columns [first_column(p), first_column(p) + columns(p)) of b.
+  int64_t first_column(int64_t p) const { return (p / group_panels_) * width_ + (p % group_panels_) * kLanes; }
+  int64_t columns(int64_t p) const { return std::min<int64_t>(kLanes, width_ - (p % group_panels_) * kLanes); }
+
+  // Panels [p0, p1) of out: a group of panels, one depth slice deep, stays in L2 while every
+  // block of rows passes over it; a block of rows of `a`, one slice deep, stays in L1.
+  void multiply_panels(const Operands& x, int64_t p0, int64_t p1) const {
+    const T* w = packed_.data_ptr<T>();
+    const int64_t group = std::max<int64_t>(1, kGroupBytes / (std::min(k_, kDepth) * kLanes * int64_t(sizeof(T))));
+    for (int64_t g0 = p0; g0 < p1; g0 += group) {
+      const int64_t g1 = std::min(p1, g0 + group);
+      for (int64_t k0 = 0; k0 < k_; k0 += kDepth) {
+        const Depth depth{k0, std::min(k_, k0 + kDepth), x.accumulate || k0 > 0};
+        for (int64_t r = 0; r < x.m; r += kMaxRows) {
+          const int64_t rows = std::min<int64_t>(kMaxRows, x.m - r);
+          row_block(rows, x.a + r * x.lda, x.lda, w, x.o + r * x.ldo, x.ldo, g0, g1, depth);
+        }
+      }
+    }
+  }
+
   // panel[kk][c] = src[kk * sk + c * sn] for c < cols, zero past them.
   static void pack_panel(const T* src, int64_t sk, int64_t sn, int64_t k, int64_t cols, T* panel) {
     if (cols < kLanes) std::fill(panel, panel + k * kLanes, T(0));
@@ -144,8 +175,8 @@ class PackedWeight {
       }
     }
     for (int q = 0; q < NP; ++q) {
-      const int64_t col = (p + q) * kLanes;
-      const int64_t count = std::min<int64_t>(kLanes, n_ - col);
+      const int64_t col = first_column(p + q);
+      const int64_t count = columns(p + q);
       for (int r = 0; r < MR; ++r) {
         T* dst = o + r * ldo + col;
         V v = acc[r][q];
@@ -155,7 +186,7 @@ class PackedWeight {
     }
   }
 
-  int64_t k_, n_, panels_;
+  int64_t k_, groups_, width_, group_panels_, panels_;
   at::Tensor packed_;
 };
 
