@@ -193,10 +193,13 @@ def test_cpu_autocast_region_runs_in_the_input_dtype():
 # copy of the weight in blocks of up to 8 rows, depth slices of 512 and panels of one SIMD
 # vector (H = 37: the last panel is partial; backward's depth G*H = 520 at H = 130: two
 # slices, with values scaled to torch.nn's init so that float32 stays well-conditioned);
-# shorter ones call MKL (up to 4 rows) or oneDNN.
+# shorter ones multiply a few rows by W^T as dot products of rows (up to 4 rows, with the
+# input projection's too at T * B <= 4: k = I = 11 and k = H = 37 end in partial vectors, the
+# 1 + 4 + 4 + ... rows of W in blocks of 4 and single rows), or call oneDNN.
 GEMM_PATHS = {"packed-row-blocks-8-5": dict(T=6, B=13, H=37), "packed-row-blocks-8-8-1": dict(T=6, B=17, H=37),
               "packed-two-depth-slices": dict(T=5, B=3, H=130, scale=130 ** -0.5), "short-few-rows": dict(T=3, B=2, H=37),
-              "short-more-rows": dict(T=3, B=6, H=37)}
+              "short-more-rows": dict(T=3, B=6, H=37), "single-step-one-row": dict(T=1, B=1, H=37),
+              "short-four-rows-everywhere": dict(T=2, B=2, H=37)}
 
 
 @pytest.mark.parametrize("cell", CELLS)

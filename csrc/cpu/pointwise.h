@@ -20,6 +20,7 @@ TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tenso
 }  // namespace at::native
 
 #include "packed_gemm.h"
+#include "row_dot_gemm.h"
 #include "spin_barrier.h"
 #include "vec_math.h"
 
@@ -34,10 +35,16 @@ struct CpuDevice {
 
   // out = a @ b (+ out when accumulate). float32 products of 5+ rows go to oneDNN's matmul:
   // on this project's CPUs (AMD EPYC, AVX-512) it runs 2.2x faster than MKL's sgemm, which
-  // picks an AVX2 path on AMD; MKL keeps matrix-vector products, where oneDNN is slow.
+  // picks an AVX2 path on AMD. Products of a few rows by a transposed weight (x W^T, h W^T)
+  // are dot products of contiguous rows (row_dot_gemm.h), where MKL's sgemv is slow on AMD
+  // and oneDNN is slow too; MKL keeps the rest.
   static void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
     if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && at::hasMKLDNN()) {
       at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+    } else if (a.scalar_type() == at::kFloat && RowDotGemm<float>::fits(out, a, b)) {
+      RowDotGemm<float>::multiply(out, a, b, accumulate);
+    } else if (a.scalar_type() == at::kDouble && RowDotGemm<double>::fits(out, a, b)) {
+      RowDotGemm<double>::multiply(out, a, b, accumulate);
     } else if (accumulate) {
       out.addmm_(a, b);
     } else {
