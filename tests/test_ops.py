@@ -132,6 +132,25 @@ def test_torch_compile_fullgraph_matches_eager(cell):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_no_grad_call_below_autograd_matches(cell):
+    """Under no_grad, eager calls skip the ops' autograd wrapper (functional._call) and
+    compiled ones trace the plain call: both match the call that records grads."""
+    case = make_case(cell, dtype=torch.float32, packed=True, reverse=True)
+
+    def outputs(*leaves):
+        return case.with_leaves(leaves).run(functional)
+
+    with_grad = outputs(*case.leaves())
+    compiled = torch.compile(outputs, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        eager, traced = outputs(*case.leaves()), compiled(*case.leaves())
+    for g, e, t in zip(with_grad, eager, traced):
+        assert e.grad_fn is None and not e.requires_grad
+        assert torch.equal(e, g.detach())
+        torch.testing.assert_close(t, e, rtol=1e-6, atol=1e-6)
+
+
 # ---- bad input: a clear error naming the argument, never a crash or a wrong answer ----
 
 def _lstm(x, h0=None, c0=None, w_ih=None, w_hh=None, batch_sizes=None, H=5, I=3):
