@@ -1,6 +1,9 @@
 """What the module tests share (test_rnn.py on the CPU, test_rnn_cuda.py on CUDA): the
 modes, a torch.nn and a fused module with the same weights, input and hx leaves, and one
-forward. Each test file keeps its own sizes and layouts."""
+forward with the gradients, and the float64 truth. Each test file keeps its own sizes and
+layouts."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -88,3 +91,34 @@ def run(module, x, hx, lengths=None, enforce_sorted=True):
     data = out.data if isinstance(out, PackedSequence) else out
     states = list(hidden) if isinstance(hidden, tuple) else [hidden]
     return [data] + states, out
+
+
+def forward_and_grads(module, x, hx, lengths=None, enforce_sorted=True, grad_outputs=None):
+    """Results of one forward and the gradients of the input, hx and every parameter, for
+    `grad_outputs` (fresh random ones when None): (results, grads, grad_outputs)."""
+    results = run(module, x, hx, lengths, enforce_sorted)[0]
+    if grad_outputs is None:
+        grad_outputs = [torch.randn_like(r) for r in results]
+    grads = torch.autograd.grad(results, [x, *hx, *module.parameters()], grad_outputs)
+    return results, list(grads), grad_outputs
+
+
+def float64_truth(ref, x, hx, dtype, grad_outputs, lengths=None, enforce_sorted=True):
+    """forward_and_grads of torch.nn in float64 on the CPU at the arguments rounded to `dtype`
+    (so only the error of computing in `dtype` is measured, not that of rounding the
+    arguments to it)."""
+    ref64 = copy.deepcopy(ref).to("cpu", torch.float64)
+    with torch.no_grad():
+        for p in ref64.parameters():
+            p.copy_(p.to(dtype).double())
+
+    def rounded(t):
+        return t.detach().to(dtype).to("cpu", torch.float64).requires_grad_()
+
+    return forward_and_grads(ref64, rounded(x), [rounded(h) for h in hx], lengths, enforce_sorted,
+                             [g.to("cpu", torch.float64) for g in grad_outputs])
+
+
+def leaf_names(module, hx):
+    """Names of the leaves forward_and_grads differentiates by."""
+    return ["input"] + [f"hx[{i}]" for i in range(len(hx))] + [n for n, _ in module.named_parameters()]

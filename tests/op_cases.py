@@ -1,4 +1,5 @@
 """Random arguments for one layer of each cell, shared by the op tests (CPU and CUDA)."""
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -9,6 +10,9 @@ from fused_rnn import functional, reference
 CELLS = ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"]
 GATES = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 LENGTHS = [5, 5, 3, 1]  # packed case: unequal lengths, with a tie
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+# DESIGN §3: ‖out − ref‖ / ‖ref‖ against the float64 reference.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 @dataclass
@@ -26,8 +30,10 @@ class Case:
     def with_leaves(self, leaves):
         """The same case with other tensors in place of input, states and weights."""
         it = iter(leaves)
-        return Case(self.cell, next(it), self.batch_sizes, [next(it) for _ in self.states],
+        case = Case(self.cell, next(it), self.batch_sizes, [next(it) for _ in self.states],
                     [next(it) if w is not None else None for w in self.weights], self.reverse)
+        assert next(it, None) is None, "more leaves than the case has tensors"
+        return case
 
     def op_args(self, need_workspace):
         """(forward op name, its arguments) of torch.ops.fused_rnn for this case."""
@@ -99,3 +105,29 @@ def compare(case):
 def rel_error(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def nn_scaled(case):
+    """Weights scaled to torch.nn's init size (std ~ 1/sqrt(H)): the conditioning of a real
+    network. make_case's std 0.5 weights saturate the gates for H = 37, and in fp16/bf16 that
+    makes the error of a saturated gate's derivative (1 - g^2 from a rounded g) dominate."""
+    hidden = case.weights[1].shape[0] // GATES[case.cell]
+    scale = 2.0 / math.sqrt(hidden)
+    weights = [None if w is None else (w.detach() * scale).requires_grad_() for w in case.weights]
+    return Case(case.cell, case.input, case.batch_sizes, case.states, weights, case.reverse)
+
+
+def check_against_reference(case, dtype, check_grads=True):
+    """Outputs and every gradient of the case (on its device, in `dtype`) within TOLERANCE of
+    the float64 reference; gradients not checked are still required to be finite."""
+    outputs, gradients = compare(case)
+    tol = TOLERANCE[dtype]
+    device = case.input.device
+    for i, (fused, ref) in enumerate(outputs):
+        assert fused.device == device and fused.dtype == dtype and fused.shape == ref.shape
+        assert rel_error(fused, ref) <= tol, f"output {i}: relative error {rel_error(fused, ref):.3g}"
+    for i, (fused, ref) in enumerate(gradients):
+        assert fused.device == device and fused.dtype == dtype and fused.shape == ref.shape
+        assert torch.isfinite(fused).all(), f"gradient {i} is not finite"
+        if check_grads:
+            assert rel_error(fused, ref) <= tol, f"gradient {i}: relative error {rel_error(fused, ref):.3g}"

@@ -4,13 +4,13 @@ replay, a non-default stream, a second GPU, deterministic bias gradients, and au
 
 All skipped without a GPU (tests/conftest.py and the marks below)."""
 import itertools
-import math
 
 import pytest
 import torch
 
 from fused_rnn import _ops, functional, reference
-from op_cases import CELLS, GATES, Case, compare, make_case, rel_error
+from op_cases import (CELLS, LOW_PRECISION, check_against_reference, compare, make_case, nn_scaled,
+                      rel_error)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -20,9 +20,6 @@ pytestmark = [
 GRID = list(itertools.product(CELLS, [True, False], [False, True], [False, True]))
 GRID_IDS = [f"{c}-{'bias' if b else 'nobias'}-{'packed' if p else 'padded'}-{'rev' if r else 'fwd'}"
             for c, b, p, r in GRID]
-LOW_PRECISION = [torch.float16, torch.bfloat16]
-# DESIGN §3: ‖out − ref‖ / ‖ref‖ against the float64 reference.
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -36,38 +33,6 @@ def cuda_settings():
     yield
     _ops._C.set_poison(False)
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def with_leaves(case, leaves):
-    """The same case with its tensors (input, states, weights that are not None) replaced."""
-    it = iter(leaves)
-    c = Case(case.cell, next(it), case.batch_sizes, [next(it) for _ in case.states],
-             [next(it) if w is not None else None for w in case.weights], case.reverse)
-    assert next(it, None) is None
-    return c
-
-
-def nn_scaled(case):
-    """Weights scaled to torch.nn's init size (std ~ 1/sqrt(H)): the conditioning of a real
-    network. op_cases' std 0.5 weights saturate the gates for H = 37, and in fp16/bf16 that
-    makes the error of a saturated gate's derivative (1 - g^2 from a rounded g) dominate."""
-    hidden = case.weights[1].shape[0] // GATES[case.cell]
-    scale = 2.0 / math.sqrt(hidden)
-    weights = [None if w is None else (w.detach() * scale).requires_grad_() for w in case.weights]
-    return Case(case.cell, case.input, case.batch_sizes, case.states, weights, case.reverse)
-
-
-def check_against_reference(case, dtype, check_grads=True):
-    outputs, gradients = compare(case)
-    tol = TOLERANCE[dtype]
-    for i, (fused, ref) in enumerate(outputs):
-        assert fused.device.type == "cuda" and fused.dtype == dtype and fused.shape == ref.shape
-        assert rel_error(fused, ref) <= tol, f"output {i}: relative error {rel_error(fused, ref):.3g}"
-    for i, (fused, ref) in enumerate(gradients):
-        assert fused.device.type == "cuda" and fused.dtype == dtype and fused.shape == ref.shape
-        assert torch.isfinite(fused).all(), f"gradient {i} is not finite"
-        if check_grads:
-            assert rel_error(fused, ref) <= tol, f"gradient {i}: relative error {rel_error(fused, ref):.3g}"
 
 
 def test_extension_has_cuda_kernels():
@@ -101,7 +66,7 @@ def test_gradcheck_float64(cell, bias, packed, reverse):
     case = make_case(cell, bias=bias, packed=packed, reverse=reverse, device="cuda", **sizes)
 
     def fn(*leaves):
-        return with_leaves(case, leaves).run(functional)
+        return case.with_leaves(leaves).run(functional)
 
     assert torch.autograd.gradcheck(fn, case.leaves())
 
@@ -111,7 +76,7 @@ def test_gradgradcheck_float64(cell):
     case = make_case(cell, packed=True, reverse=True, device="cuda", T=3, B=3, I=2, H=3, P=2)
 
     def fn(*leaves):
-        return with_leaves(case, leaves).run(functional)
+        return case.with_leaves(leaves).run(functional)
 
     assert torch.autograd.gradgradcheck(fn, case.leaves())
 
@@ -140,7 +105,7 @@ def test_inference_without_workspace(cell):
                      requires_grad=False)
     with torch.no_grad():
         outs = case.run(functional)
-    ref_case = with_leaves(case, [t.double().cpu() for t in case.leaves()])
+    ref_case = case.with_leaves([t.double().cpu() for t in case.leaves()])
     for a, b in zip(outs, ref_case.run(reference)):
         assert a.dtype == torch.float32 and rel_error(a, b) <= 1e-5
 
@@ -174,7 +139,7 @@ def test_cuda_graph_capture_and_replay(cell, packed):
     kw = dict(packed=packed, reverse=packed, dtype=torch.float32, device="cuda", H=37, I=11, B=4)
     case = make_case(cell, **kw)
     static = [t.detach().clone().requires_grad_() for t in case.leaves()]
-    static_case = with_leaves(case, static)
+    static_case = case.with_leaves(static)
     with torch.no_grad():
         shapes = [o.shape for o in static_case.run(functional)]
     grad_out = [torch.randn(s, device="cuda") for s in shapes]
@@ -205,7 +170,7 @@ def test_cuda_graph_capture_and_replay(cell, packed):
         for a, b in zip(graph_outs + graph_grads, eager_outs + eager_grads):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         # and the replay is right, not just repeatable
-        ref_case = with_leaves(fresh, [t.detach().double().cpu() for t in fresh.leaves()])
+        ref_case = fresh.with_leaves([t.detach().double().cpu() for t in fresh.leaves()])
         for a, ref in zip(graph_outs, ref_case.run(reference)):
             assert rel_error(a, ref) <= 1e-5
 
@@ -308,7 +273,7 @@ def test_functional_under_autocast(cell, dtype):
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     # the same as calling the op on the arguments cast by hand, and close to the float64
     # reference at those (rounded) arguments
-    rounded = with_leaves(case, [t.detach().to(dtype).requires_grad_() for t in case.leaves()])
+    rounded = case.with_leaves([t.detach().to(dtype).requires_grad_() for t in case.leaves()])
     outputs, _ = compare(rounded)
     for a, (by_hand, ref) in zip(outs, outputs):
         assert torch.equal(a, by_hand)

@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import fused_rnn
 import module_cases
 from module_cases import FUSED_CLASS, MODE_IDS, TORCH_CLASS, make_leaves, module_kwargs
+from op_cases import rel_error
 
 T, B, I, H, P = 5, 3, 4, 5, 3
 LENGTHS = {"packed_sorted": [5, 3, 2], "packed_unsorted": [3, 5, 2]}
@@ -104,6 +105,29 @@ def test_float32(mode, proj_size, bidirectional, layout):
     ref, fused = build_pair(mode, proj_size, dtype=torch.float32, num_layers=2,
                             batch_first=True, bidirectional=bidirectional)
     compare_modules(ref, fused, layout, True, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["padded", "packed_unsorted"])
+@pytest.mark.parametrize("mode,proj_size", MODES, ids=MODE_IDS)
+def test_low_precision_modules(mode, proj_size, layout, dtype):
+    """Modules converted with .half() / .bfloat16(), as torch.nn's run on the CPU: the same
+    dtypes, outputs and every gradient within 1e-2 of the float64 truth (DESIGN §3), outputs
+    within 1e-2 of torch.nn's. relu's gradients are only required finite: its derivative
+    jumps at 0, where rounding can pick the other side."""
+    ref, fused = build_pair(mode, proj_size, dtype=dtype, num_layers=2, bidirectional=True)
+    x, hx = make_leaves(ref, layout, T, B, dtype)
+    lengths, enforce_sorted = LENGTHS.get(layout), layout == "packed_sorted"
+    got, got_grads, grad_outputs = module_cases.forward_and_grads(fused, x, hx, lengths, enforce_sorted)
+    want, _, _ = module_cases.forward_and_grads(ref, x, hx, lengths, enforce_sorted, grad_outputs)
+    truth, truth_grads, _ = module_cases.float64_truth(ref, x, hx, dtype, grad_outputs, lengths, enforce_sorted)
+    for name, a, b, t in zip(["output", "h_n", "c_n"], got, want, truth):
+        assert a.dtype == b.dtype == dtype, name
+        assert rel_error(a, t) <= 1e-2 and rel_error(a, b) <= 1e-2, name
+    for name, a, t in zip(module_cases.leaf_names(ref, hx), got_grads, truth_grads):
+        assert a.dtype == dtype and torch.isfinite(a).all(), name
+        if mode != "RNN_RELU":
+            assert rel_error(a, t) <= 1e-2, f"grad of {name}: relative error {rel_error(a, t):.3g}"
 
 
 @pytest.mark.parametrize("mode,proj_size", MODES, ids=MODE_IDS)

@@ -3,7 +3,6 @@ same weights: float32 with TF32 off (outputs, final states and every gradient, r
 float16 / bfloat16 modules, and torch.autocast("cuda").
 
 All skipped without a GPU (tests/conftest.py and the marks below)."""
-import copy
 
 import pytest
 import torch
@@ -54,16 +53,12 @@ def run(module, layout, x, hx):
 
 def forward_and_grads(module, layout, leaves, grad_outputs=None):
     """Results of a forward and the gradients of the input, hx and every parameter."""
-    x, hx = leaves
-    results = run(module, layout, x, hx)
-    if grad_outputs is None:
-        grad_outputs = [torch.randn_like(r) for r in results]
-    grads = torch.autograd.grad(results, [x, *hx, *module.parameters()], grad_outputs)
-    return results, list(grads), grad_outputs
+    return module_cases.forward_and_grads(module, *leaves, LENGTHS if layout == "packed" else None,
+                                          enforce_sorted=False, grad_outputs=grad_outputs)
 
 
 def names(module, hx):
-    return ["input"] + [f"hx[{i}]" for i in range(len(hx))] + [n for n, _ in module.named_parameters()]
+    return module_cases.leaf_names(module, hx)
 
 
 @module_cases.over_grid(LAYOUTS, P)
@@ -82,16 +77,9 @@ def test_float32_matches_torch_nn(mode, proj_size, num_layers, bias, bidirection
 
 
 def float64_truth(ref, layout, leaves, dtype, grad_outputs):
-    """torch.nn in float64 on the CPU at the arguments rounded to `dtype` (so only the error of
-    computing in `dtype` is measured, not that of rounding the arguments to it)."""
-    ref64 = copy.deepcopy(ref).to("cpu", torch.float64)
-    with torch.no_grad():
-        for p in ref64.parameters():
-            p.copy_(p.to(dtype).double())
-    x, hx = leaves
-    leaves64 = (x.detach().to(dtype).to("cpu", torch.float64).requires_grad_(),
-                [h.detach().to(dtype).to("cpu", torch.float64).requires_grad_() for h in hx])
-    return forward_and_grads(ref64, layout, leaves64, [g.to("cpu", torch.float64) for g in grad_outputs])
+    """torch.nn in float64 on the CPU at the arguments rounded to `dtype`."""
+    return module_cases.float64_truth(ref, *leaves, dtype, grad_outputs, LENGTHS if layout == "packed" else None,
+                                      enforce_sorted=False)
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])

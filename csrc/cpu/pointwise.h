@@ -9,6 +9,7 @@
 #include <atomic>
 #include <exception>
 #include <optional>
+#include <type_traits>
 #if AT_PARALLEL_OPENMP
 #include <omp.h>
 #endif
@@ -27,10 +28,11 @@ TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tenso
 namespace fused_rnn {
 
 struct CpuDevice {
-  // CPU dtypes: float32 and float64 (the math runs on Vectorized<T>).
+  // CPU dtypes: float64, float32, and bfloat16 / float16 (math in float32, see VecIO; their
+  // GEMMs are ATen's).
   template <class F>
   static void dispatch(at::ScalarType st, const char* /*op*/, F&& fn) {
-    AT_DISPATCH_FLOATING_TYPES(st, "fused_rnn_cpu", [&] { fn(scalar_t{}); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st, "fused_rnn_cpu", [&] { fn(scalar_t{}); });
   }
 
   // out = a @ b (+ out when accumulate). float32 products of 5+ rows go to oneDNN's matmul:
@@ -39,6 +41,10 @@ struct CpuDevice {
   // are dot products of contiguous rows (row_dot_gemm.h), where MKL's sgemv is slow on AMD
   // and oneDNN is slow too; MKL keeps the rest.
   static void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+    if (a.size(1) == 0) {  // an empty sum (B = 0: dW = dG^T x over no rows); oneDNN writes nothing
+      if (!accumulate) out.zero_();
+      return;
+    }
     if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && at::hasMKLDNN()) {
       at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
     } else if (a.scalar_type() == at::kFloat && RowDotGemm<float>::fits(out, a, b)) {
@@ -106,6 +112,9 @@ struct CpuDevice {
   template <class T, class Body>
   static void for_each_step(int64_t n_steps, const StepPlan& plan, Body&& body) {
     at::internal::lazy_init_num_threads();  // this thread's OpenMP team size, as ATen sets it
+    if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
+      return for_each_whole_step(n_steps, plan.hidden, body);  // no packed weight to split
+    }
     const int64_t lanes = at::vec::Vectorized<T>::size();
     const int64_t workers = split_workers(n_steps, plan, lanes);
     if (workers <= 1) return for_each_whole_step(n_steps, plan.hidden, body);
@@ -183,7 +192,7 @@ struct CpuDevice {
   // nothing to prefetch).
   template <class Cell, class T, class Args>
   static void run_step(const Args& a, const Units& units) {
-    using V = at::vec::Vectorized<T>;
+    using V = typename VecIO<T>::V;
     const int64_t u0 = units.split ? units.begin : 0, u1 = units.split ? units.end : a.hidden;
     at::parallel_for(0, a.rows, grain(a.hidden), [&](int64_t begin, int64_t end) {
       const bool prefetching = !units.split;

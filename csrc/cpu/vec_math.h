@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 
+#include <type_traits>
+
 #include "../cells/common.h"
 
 namespace fused_rnn {
@@ -32,13 +34,32 @@ struct Math<at::vec::Vectorized<T>> {
   static V relu_grad(const V& y, const V& dy) { return V::blendv(V(T(0)), dy, y > V(T(0))); }
 };
 
-// Loads and stores of a vector at a pointer, with `count` < V::size() on a row's tail.
-template <class T>
+// Loads and stores of a vector at a pointer, with `count` < V::size() on a row's tail. V is
+// the vector the cell math runs on: Vectorized<T> for float and double; for bfloat16 and
+// float16 storage it is float (DESIGN §3: float32 inside the pointwise math), converted on
+// load and store.
+template <class T, bool kReduced = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>>
 struct VecIO {
   using V = at::vec::Vectorized<T>;
   int64_t count;
   V load(const T* p) const { return count == V::size() ? V::loadu(p) : V::loadu(p, count); }
   void store(T* p, const V& v) const { v.store(p, count); }
+};
+
+template <class T>
+struct VecIO<T, true> {
+  using V = at::vec::Vectorized<float>;
+  int64_t count;
+  V load(const T* p) const {
+    float buf[V::size()];
+    at::vec::convert(p, buf, count);
+    return V::loadu(buf, count);
+  }
+  void store(T* p, const V& v) const {
+    float buf[V::size()];
+    v.store(buf, count);
+    at::vec::convert(buf, p, count);
+  }
 };
 
 }  // namespace fused_rnn
