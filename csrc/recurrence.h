@@ -5,7 +5,8 @@
 // Backward: the mirror image per step (one pointwise pass, one GEMM for dh); the weight
 // gradients, dx and the bias gradients are single GEMMs / reductions over all steps after
 // the loop. GEMMs go through ATen (oneDNN/MKL on the CPU, cuBLAS on the current stream),
-// except the CPU's per-step products, which multiply a packed copy of the weight.
+// except on the CPU the per-step products (a copy of the weight packed once per call) and
+// the products of a few rows by W^T (dot products of W's rows, cpu/row_dot_gemm.h).
 //
 // Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), StepWeight(b, steps,
 // groups) with gemm(out, a, accumulate, units) for the GEMMs every step repeats with the same
