@@ -41,7 +41,10 @@ cuda-check:
 	  echo "nvcc $$f (sm_80, sm_90)"; \
 	  $(NVCC) -std=c++17 -O2 -Icsrc -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 \
 	    -c $$f -o $(CUDA_CHECK_DIR)/$$(basename $$f).o || exit 1; \
-	done
+	done; \
+	echo "nvcc tests/cuda_host_check.cu (runs on the host, no GPU)"; \
+	$(NVCC) -std=c++17 -O2 -Icsrc -gencode=arch=compute_80,code=sm_80 tests/cuda_host_check.cu \
+	  -o $(CUDA_CHECK_DIR)/cuda_host_check && $(CUDA_CHECK_DIR)/cuda_host_check
 
 test: $(BUILT)
 	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory cuda-check; fi

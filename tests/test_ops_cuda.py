@@ -233,6 +233,25 @@ def test_more_rows_than_one_grid_dimension(cell):
     check_against_reference(nn_scaled(case), torch.float32)
 
 
+# A thread owns 16 bytes of consecutive units (VectorIO in csrc/cuda/pointwise.cu) when H and
+# every pointer and row stride of the step allow it: H = 40 does for every dtype (4 float,
+# 2 double, 8 half per thread); a bias that is a view at an odd offset makes the step fall
+# back to one unit per thread. tests/cuda_host_check.cu checks the same IO on the host.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, *LOW_PRECISION], ids=["fp64", "fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("misaligned_bias", [False, True], ids=["aligned", "odd-bias-view"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_vector_and_scalar_units_per_thread(cell, misaligned_bias, dtype):
+    case = nn_scaled(make_case(cell, packed=True, reverse=True, dtype=dtype, device="cuda", H=40, I=11, B=4))
+    if misaligned_bias:
+        b_ih = case.weights[2]
+        storage = torch.zeros(b_ih.numel() + 1, dtype=dtype, device="cuda")
+        view = storage[1:].view_as(b_ih).copy_(b_ih.detach()).requires_grad_()
+        case.weights[2] = view
+        assert view.data_ptr() % 16 != 0
+    low = dtype in LOW_PRECISION
+    check_against_reference(case, dtype, check_grads=not (low and cell == "rnn_relu"))
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_tiny_sizes(cell):
     case = make_case(cell, packed=False, dtype=torch.float32, device="cuda", T=1, B=1, I=1, H=1, P=1)

@@ -2,18 +2,21 @@
 // each a loop over the step's [rows, hidden] elements that calls the cell's own math
 // (csrc/cells, the only place the equations are written) with a CUDA IO policy.
 //
-// Layout: a 2-D grid, x over hidden units (consecutive threads touch consecutive j, so every
-// load and store of a warp is one coalesced row segment), y over rows; both dimensions loop
-// grid-stride, so any size runs with a bounded grid. Each element is read and written by the
+// Layout: a 2-D grid, x over hidden units (consecutive threads touch consecutive units, so
+// every load and store of a warp is one coalesced row segment; a thread owns 16 bytes of
+// consecutive units when every buffer of the step is aligned for it, else one unit), y over
+// rows; both dimensions loop grid-stride, so any size runs with a bounded grid. Each element is read and written by the
 // thread that owns it only (in-place state updates included), so there are no races and no
 // atomics; the bias-gradient reductions are done by the driver (at::sum), deterministically.
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "../cells/gru.h"
 #include "../cells/lstm.h"
 #include "../cells/rnn.h"
+#include "lanes.cuh"
 #include "launch.h"
 
 namespace fused_rnn {
@@ -53,13 +56,70 @@ struct Convert<__nv_bfloat16> {
   static FUSED_RNN_HD __nv_bfloat16 out(float v) { return __float2bfloat16_rn(v); }
 };
 
-// The IO policy the cells are written against: load(const T*) -> V, store(T*, V).
+// The IO policies the cells are written against: load(const T*) -> V, store(T*, V).
+// ScalarIO: one unit per thread.
 template <class T>
-struct CudaIO {
+struct ScalarIO {
   using V = typename Compute<T>::type;
+  static constexpr int kLanes = 1;
   FUSED_RNN_HD V load(const T* p) const { return Convert<T>::in(*p); }
   FUSED_RNN_HD void store(T* p, V v) const { *p = Convert<T>::out(v); }
 };
+
+// VectorIO: 16 bytes of consecutive units per thread (4 float, 2 double, 8 half/bfloat16),
+// each load and store one 16-byte access. Only for steps whose every pointer and row stride
+// is a multiple of 16 bytes (vector_aligned).
+template <class T>
+struct VectorIO {
+  static constexpr int kLanes = 16 / sizeof(T);
+  using V = Lanes<typename Compute<T>::type, kLanes>;
+  struct alignas(16) Pack {
+    T x[kLanes];
+  };
+  FUSED_RNN_HD V load(const T* p) const {
+    const Pack raw = *reinterpret_cast<const Pack*>(p);
+    V v;
+#pragma unroll
+    for (int i = 0; i < kLanes; ++i) v.v[i] = Convert<T>::in(raw.x[i]);
+    return v;
+  }
+  FUSED_RNN_HD void store(T* p, const V& v) const {
+    Pack raw;
+#pragma unroll
+    for (int i = 0; i < kLanes; ++i) raw.x[i] = Convert<T>::out(v.v[i]);
+    *reinterpret_cast<Pack*>(p) = raw;
+  }
+};
+
+// Whether every access of a step can be a VectorIO access: the units a thread owns start at
+// multiples of kLanes, and the cells address element (b, k * H + j) of each buffer, so H, the
+// row strides and the base pointers (null ones never accessed) must all be multiples of it.
+template <class T>
+bool vector_aligned(int64_t hidden, std::initializer_list<const void*> pointers,
+                    std::initializer_list<int64_t> strides) {
+  constexpr int64_t lanes = VectorIO<T>::kLanes;
+  if (hidden % lanes != 0) return false;
+  for (const void* p : pointers) {
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  }
+  for (int64_t s : strides) {
+    if (s % lanes != 0) return false;
+  }
+  return true;
+}
+template <class T>
+bool vector_aligned(const ForwardStep<T>& a) {
+  return vector_aligned<T>(a.hidden,
+                           {a.x_gates, a.bias_ih, a.h_gates, a.bias_hh, a.h_state, a.c_state, a.h_out, a.ws,
+                            a.h_prev_save},
+                           {a.x_stride, a.h_stride, a.h_state_stride, a.h_out_stride, a.ws_stride});
+}
+template <class T>
+bool vector_aligned(const BackwardStep<T>& a) {
+  return vector_aligned<T>(a.hidden,
+                           {a.grad_h, a.grad_h_state, a.grad_c_state, a.ws, a.h_prev, a.d_gates_x, a.d_gates_h},
+                           {a.grad_h_stride, a.grad_h_state_stride, a.ws_stride, a.h_prev_stride, a.d_gates_stride});
+}
 
 constexpr unsigned kThreads = 256;      // threads per block
 constexpr int64_t kMaxGridDim = 65535;  // blocks per grid dimension (y's hardware limit)
@@ -82,27 +142,34 @@ inline StepLaunch step_launch(int64_t rows, int64_t hidden) {
   return l;
 }
 
-// One pass of a step (ForwardStep<T> or BackwardStep<T>): grid-stride over rows and units.
-template <class Cell, class T, class Args>
+// One pass of a step (ForwardStep<T> or BackwardStep<T>): grid-stride over rows and over the
+// groups of IO::kLanes units each thread owns.
+template <class Cell, class T, class Args, class IO>
 __global__ void __launch_bounds__(kThreads) step_kernel(const Args a) {
-  using V = typename Compute<T>::type;
-  const CudaIO<T> io;
+  using V = typename IO::V;
+  const IO io;
+  const int64_t groups = a.hidden / IO::kLanes;
   const int64_t b_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
-  const int64_t j_step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t g_step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; b < a.rows; b += b_step) {
-    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < a.hidden; j += j_step) {
-      step_element<Cell, V>(a, b, j, io);
+    for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += g_step) {
+      step_element<Cell, V>(a, b, g * IO::kLanes, io);
     }
   }
 }
 
-// Shared by both launchers: size check, empty step, launch status.
-template <class Args, class Kernel>
-cudaError_t launch_step(const Args& a, cudaStream_t stream, Kernel kernel) {
+// Shared by both launchers: size check, empty step, vector or scalar kernel, launch status.
+template <class Cell, class T, class Args>
+cudaError_t launch_step(const Args& a, cudaStream_t stream) {
   if (a.rows < 0 || a.hidden < 0) return cudaErrorInvalidValue;
   if (a.rows == 0 || a.hidden == 0) return cudaSuccess;
-  const StepLaunch l = step_launch(a.rows, a.hidden);
-  kernel<<<l.grid, l.block, 0, stream>>>(a);
+  if (vector_aligned(a)) {
+    const StepLaunch l = step_launch(a.rows, a.hidden / VectorIO<T>::kLanes);
+    step_kernel<Cell, T, Args, VectorIO<T>><<<l.grid, l.block, 0, stream>>>(a);
+  } else {
+    const StepLaunch l = step_launch(a.rows, a.hidden);
+    step_kernel<Cell, T, Args, ScalarIO<T>><<<l.grid, l.block, 0, stream>>>(a);
+  }
   return cudaGetLastError();
 }
 
@@ -110,12 +177,12 @@ cudaError_t launch_step(const Args& a, cudaStream_t stream, Kernel kernel) {
 
 template <class Cell, class T>
 cudaError_t launch_forward_step(const ForwardStep<T>& step, cudaStream_t stream) {
-  return launch_step(step, stream, step_kernel<Cell, T, ForwardStep<T>>);
+  return launch_step<Cell, T>(step, stream);
 }
 
 template <class Cell, class T>
 cudaError_t launch_backward_step(const BackwardStep<T>& step, cudaStream_t stream) {
-  return launch_step(step, stream, step_kernel<Cell, T, BackwardStep<T>>);
+  return launch_step<Cell, T>(step, stream);
 }
 
 #define FUSED_RNN_INSTANTIATE_STEP(Cell, T)                                                  \
