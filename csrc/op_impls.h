@@ -1,9 +1,9 @@
-// The registered ops' implementations, generic over the Device (CpuDevice, CudaDevice):
-// they unpack schema arguments, pick the cell and call the driver.
+// The registered ops' implementations, generic over the Device (CpuDevice, CudaDevice): they
+// name the cell, call the driver (recurrence.h), and lay its named results out as the op
+// schemas (ops.cpp) return them.
 #pragma once
-#include <c10/core/DeviceGuard.h>
-
 #include <string>
+#include <tuple>
 
 #include "cells/gru.h"
 #include "cells/lstm.h"
@@ -14,64 +14,60 @@ namespace fused_rnn {
 
 template <class Device>
 struct OpImpls {
-  using Tuple3 = std::tuple<Tensor, Tensor, Tensor>;
-  using Tuple4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
-  using Tuple6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-  using Tuple8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  // The schemas' result tuples, in the order their comments give.
+  using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;  // output, h_n, c_n, workspace
+  using Outputs = std::tuple<Tensor, Tensor, Tensor>;              // output, h_n, workspace
+  // grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr
+  using LstmGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  // grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+  using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-  static Tuple4 lstm_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
-                             const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                             const OptTensor& w_hr, bool reverse, bool need_workspace) {
-    const at::OptionalDeviceGuard guard(input.device());
-    return layer_forward<LstmCell, Device>(input, batch_sizes, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr}, reverse,
-                                           need_workspace);
+  static LstmOutputs lstm_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+                                  const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                  const OptTensor& w_hr, bool reverse, bool need_workspace) {
+    const LayerOutputs r = layer_forward<LstmCell, Device>(input, batch_sizes, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr},
+                                                           reverse, need_workspace);
+    return {r.output, r.h_n, r.c_n, r.workspace};
   }
 
-  static Tuple8 lstm_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
-                              const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
-                              const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                              const OptTensor& w_hr, const Tensor& workspace, bool reverse) {
-    const at::OptionalDeviceGuard guard(input.device());
-    auto g = layer_backward<LstmCell, Device>(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0,
-                                              {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace, reverse);
-    return {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+  static LstmGrads lstm_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                                 const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                 const OptTensor& w_hr, const Tensor& workspace, bool reverse) {
+    const LayerGrads g = layer_backward<LstmCell, Device>(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0,
+                                                          {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace, reverse);
+    return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr};
   }
 
-  static Tuple3 gru_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
-                            const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
-                            bool need_workspace) {
-    return drop_cell_state(forward_without_cell_state<GruCell>(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
-                                                               reverse, need_workspace));
+  static Outputs gru_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+                             const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
+                             bool need_workspace) {
+    return forward<GruCell>(input, batch_sizes, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, reverse, need_workspace);
   }
 
-  static Tuple6 gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-                             const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-                             const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& workspace, bool reverse) {
-    return backward_without_cell_state<GruCell>(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih,
-                                                b_hh, workspace, reverse);
+  static Grads gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                            const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                            const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& workspace, bool reverse) {
+    return backward<GruCell>(grad_output, grad_h_n, input, batch_sizes, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt},
+                             workspace, reverse);
   }
 
-  static Tuple3 rnn_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
-                            const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                            c10::string_view nonlinearity, bool reverse, bool need_workspace) {
-    if (is_relu(nonlinearity)) {
-      return drop_cell_state(forward_without_cell_state<RnnReluCell>(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
-                                                                     reverse, need_workspace));
-    }
-    return drop_cell_state(forward_without_cell_state<RnnTanhCell>(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
-                                                                   reverse, need_workspace));
+  static Outputs rnn_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+                             const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                             c10::string_view nonlinearity, bool reverse, bool need_workspace) {
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
+    return is_relu(nonlinearity) ? forward<RnnReluCell>(input, batch_sizes, h0, w, reverse, need_workspace)
+                                 : forward<RnnTanhCell>(input, batch_sizes, h0, w, reverse, need_workspace);
   }
 
-  static Tuple6 rnn_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-                             const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-                             const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity,
-                             const Tensor& workspace, bool reverse) {
-    if (is_relu(nonlinearity)) {
-      return backward_without_cell_state<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh,
-                                                      b_ih, b_hh, workspace, reverse);
-    }
-    return backward_without_cell_state<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih,
-                                                    b_hh, workspace, reverse);
+  static Grads rnn_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                            const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                            const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity,
+                            const Tensor& workspace, bool reverse) {
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
+    return is_relu(nonlinearity)
+               ? backward<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse)
+               : backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse);
   }
 
  private:
@@ -81,32 +77,28 @@ struct OpImpls {
     return nonlinearity == "relu";
   }
 
-  static Tuple3 drop_cell_state(const Tuple4& r) { return {std::get<0>(r), std::get<1>(r), std::get<3>(r)}; }
-
+  // The cells with one state (GRU, RNN): no c0 in, no c_n / grad_c0 / grad_weight_hr out.
   template <class Cell>
-  static Tuple4 forward_without_cell_state(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0,
-                                           const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                                           const OptTensor& b_hh, bool reverse, bool need_workspace) {
-    const at::OptionalDeviceGuard guard(input.device());
-    return layer_forward<Cell, Device>(input, batch_sizes, h0, std::nullopt, {w_ih, w_hh, b_ih, b_hh, std::nullopt},
-                                       reverse, need_workspace);
+  static Outputs forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const LayerWeights& w,
+                         bool reverse, bool need_workspace) {
+    const LayerOutputs r =
+        layer_forward<Cell, Device>(input, batch_sizes, h0, std::nullopt, w, reverse, need_workspace);
+    return {r.output, r.h_n, r.workspace};
   }
 
   template <class Cell>
-  static Tuple6 backward_without_cell_state(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-                                            const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
-                                            const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                            const Tensor& workspace, bool reverse) {
-    const at::OptionalDeviceGuard guard(input.device());
-    auto g = layer_backward<Cell, Device>(grad_output, grad_h_n, std::nullopt, input, batch_sizes, h0, std::nullopt,
-                                          {w_ih, w_hh, b_ih, b_hh, std::nullopt}, workspace, reverse);
-    return {g[0], g[1], g[3], g[4], g[5], g[6]};
+  static Grads backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                        const OptTensor& batch_sizes, const Tensor& h0, const LayerWeights& w, const Tensor& workspace,
+                        bool reverse) {
+    const LayerGrads g = layer_backward<Cell, Device>(grad_output, grad_h_n, std::nullopt, input, batch_sizes, h0,
+                                                      std::nullopt, w, workspace, reverse);
+    return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
   }
 };
 
 // Registers the impls of every op for one dispatch key.
-#define FUSED_RNN_REGISTER_IMPLS(m, Device)                                  \
-  do {                                                                       \
+#define FUSED_RNN_REGISTER_IMPLS(m, Device)                                \
+  do {                                                                     \
     m.impl("lstm_forward", &::fused_rnn::OpImpls<Device>::lstm_forward);   \
     m.impl("lstm_backward", &::fused_rnn::OpImpls<Device>::lstm_backward); \
     m.impl("gru_forward", &::fused_rnn::OpImpls<Device>::gru_forward);     \

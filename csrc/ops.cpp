@@ -1,33 +1,40 @@
-// The op schemas (TORCH_LIBRARY), their CPU impls, and the Python module of build facts.
+// The op schemas (TORCH_LIBRARY), their CPU impls, and the Python module _C: build facts,
+// the cells' facts (gate count, workspace) for the Python side, CPU scratch, and _C.testing.
 // CUDA impls are registered by ops_cuda.cpp, compiled only when CUDA is built.
 #include <torch/extension.h>
 
-#include "cpu/pointwise.h"
+#include "cpu_device.h"
 #include "op_impls.h"
 
 TORCH_LIBRARY(fused_rnn, m) {
-  m.def("lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, "
-        "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, bool reverse, "
-        "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
-  m.def("lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
-        "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-        "Tensor? bias_hh, Tensor? weight_hr, Tensor workspace, bool reverse) -> (Tensor grad_input, "
-        "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
-        "Tensor grad_bias_hh, Tensor grad_weight_hr)");
-  m.def("gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-        "Tensor? bias_ih, Tensor? bias_hh, bool reverse, bool need_workspace) -> (Tensor output, "
-        "Tensor h_n, Tensor workspace)");
-  m.def("gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
-        "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor workspace, "
-        "bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
-        "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
-  m.def("rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-        "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, bool reverse, bool need_workspace) -> "
-        "(Tensor output, Tensor h_n, Tensor workspace)");
-  m.def("rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
-        "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, "
-        "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
-        "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  m.def(
+      "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, bool reverse, "
+      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, Tensor? weight_hr, Tensor workspace, bool reverse) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
+      "Tensor grad_bias_hh, Tensor grad_weight_hr)");
+  m.def(
+      "gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, bool need_workspace) -> (Tensor output, "
+      "Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor workspace, "
+      "bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
+      "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  m.def(
+      "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, bool reverse, bool need_workspace) -> "
+      "(Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, "
+      "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
+      "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { FUSED_RNN_REGISTER_IMPLS(m, fused_rnn::CpuDevice); }
@@ -35,6 +42,36 @@ TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { FUSED_RNN_REGISTER_IMPLS(m, fused_rnn::C
 #ifndef FUSED_RNN_CUDA_ARCHS
 #define FUSED_RNN_CUDA_ARCHS ""
 #endif
+
+namespace {
+
+// The facts of one cell that the Python side needs (fake kernels, tests), from the cell's
+// own constants: the gate count and workspace width are written only in csrc/cells.
+template <class Cell>
+pybind11::dict cell_facts() {
+  pybind11::dict d;
+  d["gates"] = Cell::kGates;
+  d["workspace_units"] = Cell::kWorkspace;
+  d["has_cell_state"] = Cell::kHasCellState;
+  return d;
+}
+
+// Hooks that exist only for the tests: nothing in the package calls them.
+void add_testing_hooks(pybind11::module_& m) {
+  m.def(
+      "set_poison", [](bool on) { fused_rnn::poison_new_buffers() = on; },
+      "Fill every buffer the ops allocate with NaN before the kernels write it.");
+  m.def(
+      "split_workers",
+      [](int64_t rows, int64_t depth, int64_t gates, int64_t hidden, int64_t steps, bool splittable, bool float64) {
+        const fused_rnn::StepPlan plan{rows, depth, gates, hidden, splittable};
+        const int64_t lanes = float64 ? at::vec::Vectorized<double>::size() : at::vec::Vectorized<float>::size();
+        return fused_rnn::cpu::split_workers(steps, plan, lanes);
+      },
+      "The threads a CPU forward splits such steps over by hidden units (1: not split).");
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fused_rnn C++/CUDA kernels; the ops live in torch.ops.fused_rnn";
@@ -44,28 +81,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("has_cuda") = false;
 #endif
   m.attr("cuda_archs") = FUSED_RNN_CUDA_ARCHS;
+  pybind11::dict cells;
+  cells["lstm"] = cell_facts<fused_rnn::LstmCell>();
+  cells["gru"] = cell_facts<fused_rnn::GruCell>();
+  cells["rnn_tanh"] = cell_facts<fused_rnn::RnnTanhCell>();
+  cells["rnn_relu"] = cell_facts<fused_rnn::RnnReluCell>();
+  m.attr("cells") = cells;
   m.def(
-      "set_poison", [](bool on) { fused_rnn::poison_new_buffers() = on; },
-      "Testing aid: fill every buffer the ops allocate with NaN before the kernels write it.");
+      "workspace_width",
+      [](int64_t workspace_units, int64_t hidden, int64_t state, bool proj) {
+        return fused_rnn::WorkspaceLayout::make(static_cast<int>(workspace_units), hidden, state, proj).width;
+      },
+      "Columns of the workspace a forward with need_workspace=True returns, given the cell's "
+      "workspace_units (cells[name]['workspace_units']).");
   m.def("scratch_bytes", &fused_rnn::scratch_bytes,
         "Bytes of CPU scratch memory the calling thread keeps between op calls.");
   m.def("release_scratch", &fused_rnn::release_scratch,
         "Frees the CPU scratch memory the calling thread keeps between op calls.");
-  m.def(
-      "split_workers",
-      [](int64_t rows, int64_t depth, int64_t gates, int64_t hidden, int64_t steps, bool splittable, bool float64) {
-        const fused_rnn::StepPlan plan{rows, depth, gates, hidden, splittable};
-        const int64_t lanes = float64 ? at::vec::Vectorized<double>::size() : at::vec::Vectorized<float>::size();
-        return fused_rnn::CpuDevice::split_workers(steps, plan, lanes);
-      },
-      "Testing aid: the threads a CPU forward splits such steps over by hidden units (1: not split).");
-  m.def(
-      "workspace_width",
-      [](const std::string& cell, int64_t hidden, int64_t state, bool proj) {
-        int cols = cell == "lstm" ? fused_rnn::LstmCell::kWorkspace
-                   : cell == "gru" ? fused_rnn::GruCell::kWorkspace
-                                   : fused_rnn::RnnTanhCell::kWorkspace;
-        return fused_rnn::WorkspaceLayout::make(cols, hidden, state, proj).width;
-      },
-      "Columns of the workspace a forward with need_workspace=True returns.");
+  auto testing = m.def_submodule("testing", "Test hooks; nothing in fused_rnn calls them.");
+  add_testing_hooks(testing);
 }

@@ -47,8 +47,8 @@ void release_scratch() {
 namespace {
 
 void check_same(const char* op, const char* name, const Tensor& t, const Tensor& input) {
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": expected ", name, " to have dtype ",
-              input.scalar_type(), " (the dtype of input), but got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": expected ", name, " to have dtype ", input.scalar_type(),
+              " (the dtype of input), but got ", t.scalar_type());
   TORCH_CHECK(t.device() == input.device(), op, ": expected ", name, " to be on ", input.device(),
               " (the device of input), but got ", t.device());
 }
@@ -60,17 +60,19 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
 }  // namespace
 
 Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Tensor& input,
-                       const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
-                       const LayerWeights& w, std::vector<StepRows>* steps) {
+                       const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0, const LayerWeights& w,
+                       std::vector<StepRows>* steps) {
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": expected a floating-point input, but got ",
               input.scalar_type());
   const bool packed = batch_sizes.has_value();
   Sizes s{};
   if (packed) {
-    TORCH_CHECK(input.dim() == 2, op, ": expected packed input (with batch_sizes) to be 2-D [rows, input_size], but got ",
-                input.dim(), "-D input of shape ", input.sizes());
+    TORCH_CHECK(input.dim() == 2, op,
+                ": expected packed input (with batch_sizes) to be 2-D [rows, input_size], but got ", input.dim(),
+                "-D input of shape ", input.sizes());
   } else {
-    TORCH_CHECK(input.dim() == 3, op, ": expected input to be 3-D [T, B, input_size] (or 2-D packed data with batch_sizes), but got ",
+    TORCH_CHECK(input.dim() == 3, op,
+                ": expected input to be 3-D [T, B, input_size] (or 2-D packed data with batch_sizes), but got ",
                 input.dim(), "-D input of shape ", input.sizes());
     TORCH_CHECK(input.size(0) > 0, op, ": expected input to have at least one time step, but got T = 0");
   }
@@ -83,8 +85,14 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
   check_same(op, "weight_ih", w.w_ih, input);
   check_same(op, "weight_hh", w.w_hh, input);
   check_shape(op, "weight_ih", w.w_ih, {gh, s.input});
-  if (w.b_ih) { check_same(op, "bias_ih", *w.b_ih, input); check_shape(op, "bias_ih", *w.b_ih, {gh}); }
-  if (w.b_hh) { check_same(op, "bias_hh", *w.b_hh, input); check_shape(op, "bias_hh", *w.b_hh, {gh}); }
+  if (w.b_ih) {
+    check_same(op, "bias_ih", *w.b_ih, input);
+    check_shape(op, "bias_ih", *w.b_ih, {gh});
+  }
+  if (w.b_hh) {
+    check_same(op, "bias_hh", *w.b_hh, input);
+    check_shape(op, "bias_hh", *w.b_hh, {gh});
+  }
   if (w.w_hr) {
     TORCH_CHECK(has_cell_state, op, ": weight_hr (projection) is only supported by lstm");
     check_same(op, "weight_hr", *w.w_hr, input);
@@ -98,16 +106,16 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
   if (packed) {
     const Tensor& bs = *batch_sizes;
     TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, op,
-                ": expected batch_sizes to be a 1-D int64 CPU tensor, but got a ", bs.dim(), "-D ",
-                bs.scalar_type(), " tensor on ", bs.device());
+                ": expected batch_sizes to be a 1-D int64 CPU tensor, but got a ", bs.dim(), "-D ", bs.scalar_type(),
+                " tensor on ", bs.device());
     TORCH_CHECK(bs.numel() > 0, op, ": expected batch_sizes to have at least one time step, but got none");
     const Tensor bsc = bs.contiguous();
     const int64_t* b = bsc.data_ptr<int64_t>();
     int64_t offset = 0;
     for (int64_t t = 0; t < bs.numel(); ++t) {
       TORCH_CHECK(b[t] > 0, op, ": expected batch_sizes to be positive, but batch_sizes[", t, "] = ", b[t]);
-      TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op, ": expected batch_sizes to be non-increasing, but batch_sizes[",
-                  t, "] = ", b[t], " > batch_sizes[", t - 1, "] = ", b[t - 1]);
+      TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op, ": expected batch_sizes to be non-increasing, but batch_sizes[", t,
+                  "] = ", b[t], " > batch_sizes[", t - 1, "] = ", b[t - 1]);
       steps->push_back({offset, b[t]});
       offset += b[t];
     }

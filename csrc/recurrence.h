@@ -4,27 +4,19 @@
 // into a preallocated buffer and one fused pointwise pass (Device::forward_step).
 // Backward: the mirror image per step (one pointwise pass, one GEMM for dh); the weight
 // gradients, dx and the bias gradients are single GEMMs / reductions over all steps after
-// the loop. GEMMs go through ATen (oneDNN/MKL on the CPU, cuBLAS on the current stream),
-// except on the CPU the per-step products (a copy of the weight packed once per call) and
-// the products of a few rows by W^T (dot products of W's rows, cpu/row_dot_gemm.h).
-//
-// Device provides dispatch(dtype, fn), gemm(out, a, b, accumulate), StepWeight(b, steps,
-// groups) with gemm(out, a, accumulate, units) for the GEMMs every step repeats with the same
-// b, for_each_step<T>(n_steps, plan, body) that runs the forward loop's body (the CPU splits
-// a step of a few rows over its threads by hidden units, see Units), forward_step<Cell>(
-// ForwardStep<T>, units) and backward_step<Cell>(BackwardStep<T>); the CPU's is in
-// cpu/pointwise.h, the CUDA one in ops_cuda.cpp. Nothing here knows about layers,
-// directions or modules.
+// the loop. How a step runs is the Device's (the contract: device.h); nothing here knows
+// about layers, directions or modules.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <limits>
 #include <optional>
-#include <tuple>
 #include <vector>
 
 #include "cells/common.h"
+#include "device.h"
 
 namespace fused_rnn {
 
@@ -62,8 +54,8 @@ struct WorkspaceLayout {
 // Validates the arguments of a layer (shared by forward and backward) and returns sizes and
 // the rows of every step in time order. Messages name the argument, expectation and value.
 Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Tensor& input,
-                       const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
-                       const LayerWeights& w, std::vector<StepRows>* steps);
+                       const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0, const LayerWeights& w,
+                       std::vector<StepRows>* steps);
 
 // Tests set this (through _C.set_poison) so every buffer the driver allocates starts as NaN:
 // an element a kernel forgets to write then fails the comparison with the reference.
@@ -103,21 +95,26 @@ T* ptr(const OptTensor& t) {
   return t.has_value() ? ptr<T>(*t) : nullptr;
 }
 
-inline Tensor contiguous_or_empty(const OptTensor& t) {
-  return t.has_value() ? t->contiguous() : Tensor();
-}
+inline Tensor contiguous_or_empty(const OptTensor& t) { return t.has_value() ? t->contiguous() : Tensor(); }
 
 // The first `rows` rows of t; t itself when that is all of it (no view to make per step).
-inline Tensor first_rows(const Tensor& t, int64_t rows) {
-  return rows == t.size(0) ? t : t.narrow(0, 0, rows);
-}
+inline Tensor first_rows(const Tensor& t, int64_t rows) { return rows == t.size(0) ? t : t.narrow(0, 0, rows); }
+
+// What every op body holds while it runs: the input's device is current (so a CUDA Device
+// launches on that device's current stream), and autocast is off, so the GEMMs run in the
+// op's dtype even inside an autocast region.
+struct OpScope {
+  explicit OpScope(const Tensor& input) : device(input.device()) {}
+  const at::OptionalDeviceGuard device;
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast{c10::autocast_dispatch_keyset};
+};
 
 // What forward and backward both derive from a layer's (checked) arguments.
 struct LayerSetup {
   std::vector<StepRows> steps;  // in time order
   Sizes s;
-  Tensor input;                 // contiguous
-  int64_t rows;                 // N: rows of the [N, ...] input/output matrices
+  Tensor input;  // contiguous
+  int64_t rows;  // N: rows of the [N, ...] input/output matrices
   bool proj;
   WorkspaceLayout layout;
 };
@@ -134,14 +131,24 @@ LayerSetup setup_layer(const Tensor& input, const OptTensor& batch_sizes, const 
   return l;
 }
 
-// Returns (output, h_n, c_n [LSTM, else empty], workspace [empty when !need_workspace]).
+// What a layer's forward returns. Absent ones are empty tensors (shape [0]), as the op
+// schemas return them.
+struct LayerOutputs {
+  Tensor output;     // [T, B, state] or packed [N, state]
+  Tensor h_n;        // [B, state]
+  Tensor c_n;        // LSTM: [B, hidden]
+  Tensor workspace;  // [N, WorkspaceLayout::width] when need_workspace
+};
+
+// What a layer's backward returns: the gradient of each argument, by the argument's name.
+struct LayerGrads {
+  Tensor input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
+};
+
 template <class Cell, class Device>
-std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, const OptTensor& batch_sizes,
-                                                         const Tensor& h0, const OptTensor& c0,
-                                                         const LayerWeights& w, bool reverse,
-                                                         bool need_workspace) {
-  // The GEMMs below run in the op's dtype even inside an autocast region.
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+LayerOutputs layer_forward(const Tensor& input_, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
+                           const LayerWeights& w, bool reverse, bool need_workspace) {
+  const OpScope scope(input_);
   const auto [steps, s, input, N, proj, layout] = setup_layer<Cell>(input_, batch_sizes, h0, c0, w);
   const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
   const Tensor x2d = input.view({N, s.input});
@@ -207,9 +214,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
       Device::template forward_step<Cell, T>(a, units);
 
       if (proj) {
-        const Tensor h_unprojected = need_workspace
-                                         ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, H)
-                                         : first_rows(h_scratch, st.rows);
+        const Tensor h_unprojected = need_workspace ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, H)
+                                                    : first_rows(h_scratch, st.rows);
         Tensor out_rows = out2d.narrow(0, st.offset, st.rows);
         w_hr_step->gemm(out_rows, h_unprojected, false);
         first_rows(h_state, st.rows).copy_(out_rows);
@@ -219,13 +225,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const Tensor& input_, c
   return {output, h_state, Cell::kHasCellState ? c_state : at::empty({0}, input.options()), ws};
 }
 
-// Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); absent ones are empty tensors.
 template <class Cell, class Device>
-std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const OptTensor& grad_c_n,
-                                   const Tensor& input_, const OptTensor& batch_sizes, const Tensor& h0,
-                                   const OptTensor& c0, const LayerWeights& w, const Tensor& ws,
-                                   bool reverse) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+LayerGrads layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const OptTensor& grad_c_n,
+                          const Tensor& input_, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
+                          const LayerWeights& w, const Tensor& ws, bool reverse) {
+  const OpScope scope(input_);
   const auto [steps, s, input, N, proj, layout] = setup_layer<Cell>(input_, batch_sizes, h0, c0, w);
   const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
   TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == layout.width, Cell::kName,
@@ -241,7 +245,7 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
   Tensor d_gates_h = Cell::kSplitGateGrads ? scratch_buffer(Scratch::kHiddenGates, {N, G * H}, opts) : d_gates_x;
   Tensor dh_state = grad_h_n.contiguous().clone();
   Tensor dc_state = Cell::kHasCellState ? grad_c_n->contiguous().clone() : Tensor();
-  Tensor d_proj = proj ? new_buffer({N, P}, opts) : Tensor();    // dL/d(projected h) per row
+  Tensor d_proj = proj ? new_buffer({N, P}, opts) : Tensor();        // dL/d(projected h) per row
   Tensor dh_buf = proj ? new_buffer({s.batch, H}, opts) : Tensor();  // that times W_hr
   const Tensor h_prev_all = ws_c.narrow(1, layout.h_prev_col, P);
   const int64_t n_steps = static_cast<int64_t>(steps.size());
@@ -297,7 +301,16 @@ std::vector<Tensor> layer_backward(const Tensor& grad_output, const Tensor& grad
   Tensor db_hh = !w.b_hh.has_value() ? at::empty({0}, opts) : same_sum ? db_ih.clone() : d_gates_h.sum(0);
   Tensor dw_hr = proj ? matmul<Device>(d_proj.t(), ws_c.narrow(1, layout.h_col, H)) : at::empty({0}, opts);
   Tensor dc0 = Cell::kHasCellState ? dc_state : at::empty({0}, opts);
-  return {dx, dh_state, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+  LayerGrads g;
+  g.input = dx;
+  g.h0 = dh_state;
+  g.c0 = dc0;
+  g.weight_ih = dw_ih;
+  g.weight_hh = dw_hh;
+  g.bias_ih = db_ih;
+  g.bias_hh = db_hh;
+  g.weight_hr = dw_hr;
+  return g;
 }
 
 }  // namespace fused_rnn

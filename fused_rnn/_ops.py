@@ -25,9 +25,11 @@ class _OpSpec:
              workspace, reverse) -> (grad_input, *grad_states0, *grad_weights)
     """
 
-    def __init__(self, cell, n_states, n_weights, n_extras, gates):
+    def __init__(self, cell, n_states, n_weights, n_extras, facts):
         self.cell, self.n_states, self.n_weights, self.n_extras = cell, n_states, n_weights, n_extras
-        self.gates = gates
+        # From the C++ cell (csrc/cells): the one place the gate count and workspace are written.
+        self.gates = facts["gates"]
+        self.workspace_units = facts["workspace_units"]
         self.n_tensors = 2 + n_states + n_weights  # input, batch_sizes, states, weights
 
     def split(self, args):
@@ -37,13 +39,14 @@ class _OpSpec:
         return tensors, extras, reverse, need_workspace
 
     def workspace_width(self, hidden, state, proj):
-        return _C.workspace_width(self.cell, hidden, state, proj)
+        return _C.workspace_width(self.workspace_units, hidden, state, proj)
 
 
 SPECS = {
-    "lstm": _OpSpec("lstm", n_states=2, n_weights=5, n_extras=0, gates=4),
-    "gru": _OpSpec("gru", n_states=1, n_weights=4, n_extras=0, gates=3),
-    "rnn": _OpSpec("rnn", n_states=1, n_weights=4, n_extras=1, gates=1),
+    "lstm": _OpSpec("lstm", n_states=2, n_weights=5, n_extras=0, facts=_C.cells["lstm"]),
+    "gru": _OpSpec("gru", n_states=1, n_weights=4, n_extras=0, facts=_C.cells["gru"]),
+    # tanh and relu share the gate count and workspace (the C++ cells say so for each).
+    "rnn": _OpSpec("rnn", n_states=1, n_weights=4, n_extras=1, facts=_C.cells["rnn_tanh"]),
 }
 
 

@@ -6,6 +6,7 @@ runs each sequence backwards within its own length. ``hx=None`` means zeros.
 """
 import torch
 
+from . import _torch_private
 from ._ops import ops
 
 __all__ = ["lstm", "gru", "rnn"]
@@ -63,7 +64,7 @@ def _call(op, need_workspace, *args):
     """
     if need_workspace or torch.compiler.is_compiling():
         return op(*args, need_workspace)
-    with torch._C._AutoDispatchBelowAutograd():
+    with _torch_private.below_autograd():
         return op(*args, need_workspace)
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as torch_F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional as _ops
+from . import _torch_private, functional
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -88,8 +88,7 @@ class _FusedRNNMixin:
     def _current_weights(self):
         # torch.nn's own refresh: re-reads every weight by name when one has been replaced
         # (assignment, torch.func.functional_call, parametrizations / weight_norm recompute).
-        self._update_flat_weights()
-        return self._flat_weights
+        return _torch_private.current_flat_weights(self)
 
     def _input_dim_error(self, dim):
         if self.mode == "LSTM":
@@ -120,8 +119,7 @@ class _FusedRNNMixin:
         rejects (the input GEMM's dtype and shape errors), and check hx as the padded path does."""
         if input.dim() != 2:
             self.check_input(input, batch_sizes)
-        if hx is not None and len(hx) != 2:
-            raise RuntimeError("lstm expects two hidden states")
+        _check_two_states(hx, "lstm")
         weight_ih = weights[0]
         _check_matmul_dtype(input, weight_ih)
         if input.size(-1) != weight_ih.size(1):
@@ -148,48 +146,38 @@ class _FusedRNNMixin:
         """input: time-major [T, B, I] or packed data [N, I]; hx: checked states or None.
 
         Returns (output of the last layer, h_n [L*D, B, ...], c_n or None)."""
+        layer_op, op_kwargs = _LAYER_OPS[self.mode]
         num_directions = 2 if self.bidirectional else 1
         per_direction = len(weights) // (self.num_layers * num_directions)
-        has_bias = self.bias
-        has_proj = self.mode == "LSTM" and self.proj_size > 0
-        h_n, c_n = [], []
+        states_n = []  # per layer and direction: h, or (h, c)
         layer_input = input
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
                 index = layer * num_directions + direction
-                w = weights[index * per_direction:(index + 1) * per_direction]
-                weight_ih, weight_hh = w[0], w[1]
-                bias_ih, bias_hh = (w[2], w[3]) if has_bias else (None, None)
-                reverse = direction == 1
-                if self.mode == "LSTM":
-                    state = None if hx is None else (hx[0][index], hx[1][index])
-                    out, (h, c) = _ops.lstm(
-                        layer_input, state, weight_ih, weight_hh, bias_ih, bias_hh,
-                        w[-1] if has_proj else None, batch_sizes=batch_sizes, reverse=reverse,
-                    )
-                    c_n.append(c)
-                elif self.mode == "GRU":
-                    state = None if hx is None else hx[index]
-                    out, h = _ops.gru(
-                        layer_input, state, weight_ih, weight_hh, bias_ih, bias_hh,
-                        batch_sizes=batch_sizes, reverse=reverse,
-                    )
-                else:
-                    state = None if hx is None else hx[index]
-                    out, h = _ops.rnn(
-                        layer_input, state, weight_ih, weight_hh, bias_ih, bias_hh,
-                        batch_sizes=batch_sizes, reverse=reverse,
-                        nonlinearity="tanh" if self.mode == "RNN_TANH" else "relu",
-                    )
+                out, state_n = layer_op(
+                    layer_input, _layer_state(hx, index),
+                    *self._layer_weights(weights[index * per_direction:(index + 1) * per_direction]),
+                    batch_sizes=batch_sizes, reverse=direction == 1, **op_kwargs,
+                )
                 outputs.append(out)
-                h_n.append(h)
+                states_n.append(state_n)
             layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
             # torch.nn: dropout on the outputs of every layer but the last, in training only.
             if self.dropout != 0 and self.training and layer < self.num_layers - 1:
                 layer_output = torch_F.dropout(layer_output, self.dropout, training=True)
             layer_input = layer_output
-        return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+        if self.mode == "LSTM":
+            return layer_input, torch.stack([h for h, _ in states_n]), torch.stack([c for _, c in states_n])
+        return layer_input, torch.stack(states_n), None
+
+    def _layer_weights(self, w):
+        """One layer and direction's slice of _flat_weights -> the functional op's
+        (weight_ih, weight_hh, bias_ih, bias_hh[, weight_hr]), absent ones None."""
+        biases = (w[2], w[3]) if self.bias else (None, None)
+        if self.mode != "LSTM":
+            return (w[0], w[1], *biases)
+        return (w[0], w[1], *biases, w[-1] if self.proj_size > 0 else None)
 
     def forward(self, input, hx=None):
         weights = self._current_weights()
@@ -221,8 +209,8 @@ class _FusedRNNMixin:
                 self.check_input(input, batch_sizes)  # zeros states always have the right size
             else:
                 self.check_forward_args(input, hx, batch_sizes)
-            if is_lstm and hx is not None and len(hx) != 2:
-                raise RuntimeError("lstm expects two hidden states")
+            if is_lstm:
+                _check_two_states(hx, "lstm")
             if input.size(1 if self.batch_first else 0) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         hx = self._check_hidden_dtypes(hx, weights)
@@ -243,6 +231,27 @@ class _FusedRNNMixin:
         return output, self.permute_hidden(hidden, unsorted_indices)
 
 
+def _layer_state(hx, index):
+    """Layer-and-direction `index`'s initial state: h, or (h, c) for LSTM; None when hx is."""
+    if hx is None:
+        return None
+    return tuple(h[index] for h in hx) if isinstance(hx, tuple) else hx[index]
+
+
+def _check_two_states(hx, what):
+    if hx is not None and len(hx) != 2:
+        raise RuntimeError(f"{what} expects two hidden states")
+
+
+# torch.nn's `mode` -> the functional op of one layer and direction, and its extra arguments.
+_LAYER_OPS = {
+    "LSTM": (functional.lstm, {}),
+    "GRU": (functional.gru, {}),
+    "RNN_TANH": (functional.rnn, {"nonlinearity": "tanh"}),
+    "RNN_RELU": (functional.rnn, {"nonlinearity": "relu"}),
+}
+
+
 class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
 
@@ -259,98 +268,84 @@ class RNN(_FusedRNNMixin, nn.RNN):
 # Cells: one time step = the layer op with T = 1.
 # ---------------------------------------------------------------------------------------------
 
-def _check_cell_ranks(name, input, hidden, hidden_label="hidden"):
-    if input.dim() not in (1, 2):
-        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-    if hidden is not None and hidden.dim() not in (1, 2):
-        raise ValueError(
-            f"{name}: Expected {hidden_label} to be 1D or 2D, got {hidden.dim()}D instead"
+def _check_cell_hx(cell, hx):
+    """torch.nn's checks of a cell's hx type and count (LSTMCell: a pair of tensors)."""
+    if cell._n_states == 1 or hx is None:
+        return
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(
+            "lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
+            f"not {type(hx).__name__}"
         )
+    _check_two_states(hx, "lstm_cell")
 
 
-def _single_state_cell_forward(cell, name, input, hx, step):
-    """GRUCell / RNNCell forward: torch.nn's checks, then ``step(x [1, B, I], h0 or None)``."""
-    _check_cell_ranks(name, input, hx)
-    is_batched = input.dim() == 2
-    if not is_batched:
-        input = input.unsqueeze(0)
-    if hx is not None and not is_batched:
-        hx = hx.unsqueeze(0)
-    nonlinearity = getattr(cell, "nonlinearity", None)  # RNNCell's is checked at each call
-    if nonlinearity is not None and nonlinearity not in ("tanh", "relu"):
-        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    weight_ih, weight_hh = cell.weight_ih, cell.weight_hh
-    _check_cell_input(input, weight_ih)
-    if hx is not None:
-        _check_cell_hidden(input, hx, weight_hh.size(1), 0)
+def _check_cell_dtypes(input, hx, weight_ih, weight_hh):
+    """The dtype errors of torch.nn's cell kernels; returns hx with an LSTM cell state converted
+    where torch.nn would promote it."""
     _check_matmul_dtype(input, weight_ih)
-    if hx is not None:
-        _check_matmul_dtype(hx, weight_hh)
-    h = step(input.unsqueeze(0), hx)
-    return h if is_batched else h.squeeze(0)
+    if hx is None:
+        return None
+    _check_matmul_dtype(hx[0], weight_hh)
+    if len(hx) == 1:
+        return hx
+    return hx[0], _match_cell_state_dtype(hx[1], weight_hh, "hx[1] (c_0)")
 
 
-class RNNCell(nn.RNNCell):
-    __doc__ = nn.RNNCell.__doc__
-
-    def forward(self, input, hx=None):
-        def step(x, h0):
-            _, h = _ops.rnn(x, h0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                            nonlinearity=self.nonlinearity)
-            return h
-
-        return _single_state_cell_forward(self, "RNNCell", input, hx, step)
-
-
-class GRUCell(nn.GRUCell):
-    __doc__ = nn.GRUCell.__doc__
+class _FusedCellMixin:
+    """forward() for the three RNNCellBase subclasses below: torch.nn's checks in torch.nn's
+    order, then one step of the layer op (T = 1). States are handled as a tuple throughout:
+    (h,) for GRU/RNN cells, (h, c) for LSTMCell."""
 
     def forward(self, input, hx=None):
-        def step(x, h0):
-            _, h = _ops.gru(x, h0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-            return h
-
-        return _single_state_cell_forward(self, "GRUCell", input, hx, step)
-
-
-class LSTMCell(nn.LSTMCell):
-    __doc__ = nn.LSTMCell.__doc__
-
-    def forward(self, input, hx=None):
+        name = type(self).__name__
         if input.dim() not in (1, 2):
-            raise ValueError(
-                f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead"
-            )
-        if hx is not None:
-            for idx, value in enumerate(hx):
-                if value.dim() not in (1, 2):
-                    raise ValueError(
-                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
-                    )
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        states = None if hx is None else (tuple(hx) if self._n_states == 2 else (hx,))
+        for i, value in enumerate(states or ()):
+            label = f"hx[{i}]" if self._n_states == 2 else "hidden"
+            if value.dim() not in (1, 2):
+                raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {value.dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
-        if hx is not None and not is_batched:
-            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        weight_ih, weight_hh = self.weight_ih, self.weight_hh
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)):
-                raise TypeError(
-                    "lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
-                    f"not {type(hx).__name__}"
-                )
-            if len(hx) != 2:
-                raise RuntimeError("lstm_cell expects two hidden states")
-        _check_cell_input(input, weight_ih)
-        if hx is not None:
-            _check_cell_hidden(input, hx[0], weight_hh.size(1), 0)
-            _check_cell_hidden(input, hx[1], weight_hh.size(1), 1)
-        _check_matmul_dtype(input, weight_ih)
-        if hx is not None:
-            _check_matmul_dtype(hx[0], weight_hh)
-            hx = (hx[0], _match_cell_state_dtype(hx[1], weight_hh, "hx[1] (c_0)"))
-        _, (h, c) = _ops.lstm(input.unsqueeze(0), hx, weight_ih, weight_hh,
-                              self.bias_ih, self.bias_hh)
+            states = None if states is None else tuple(s.unsqueeze(0) for s in states)
+        nonlinearity = getattr(self, "nonlinearity", None)  # RNNCell's is checked at each call
+        if nonlinearity is not None and nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+        _check_cell_hx(self, hx)
+        _check_cell_input(input, self.weight_ih)
+        for index, value in enumerate(states or ()):
+            _check_cell_hidden(input, value, self.weight_hh.size(1), index)
+        states = _check_cell_dtypes(input, states, self.weight_ih, self.weight_hh)
+        out = self._step(input.unsqueeze(0), states)
+        out = out if isinstance(out, tuple) else (out,)
         if not is_batched:
-            return h.squeeze(0), c.squeeze(0)
-        return h, c
+            out = tuple(s.squeeze(0) for s in out)
+        return out if self._n_states == 2 else out[0]
+
+    def _step(self, x, states):
+        """One step of the layer op on x [1, B, I]: the new state(s)."""
+        layer_op, op_kwargs = _LAYER_OPS[self._mode]
+        state = None if states is None else (states if self._n_states == 2 else states[0])
+        _, state_n = layer_op(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, **op_kwargs)
+        return state_n
+
+
+class RNNCell(_FusedCellMixin, nn.RNNCell):
+    __doc__ = nn.RNNCell.__doc__
+    _n_states = 1
+
+    @property
+    def _mode(self):  # the nonlinearity may be changed after construction; forward checks it
+        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+
+
+class GRUCell(_FusedCellMixin, nn.GRUCell):
+    __doc__ = nn.GRUCell.__doc__
+    _mode, _n_states = "GRU", 1
+
+
+class LSTMCell(_FusedCellMixin, nn.LSTMCell):
+    __doc__ = nn.LSTMCell.__doc__
+    _mode, _n_states = "LSTM", 2

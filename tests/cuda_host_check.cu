@@ -150,6 +150,7 @@ int main() {
   check_type<double>("double");
   check_type<__half>("half");
   check_type<__nv_bfloat16>("bfloat16");
-  if (failures == 0) std::printf("cuda host check: VectorIO == ScalarIO for 4 cells x 4 types, alignment checks hold\n");
+  if (failures == 0)
+    std::printf("cuda host check: VectorIO == ScalarIO for 4 cells x 4 types, alignment checks hold\n");
   return failures == 0 ? 0 : 1;
 }

@@ -1,5 +1,6 @@
-// Shared by g++ and nvcc: the qualifier for cell math, the scalar math functions, and the
-// raw-pointer argument blocks of one time step that the CPU passes and the CUDA kernels read.
+// Shared by g++ and nvcc: the qualifier for cell math, the scalar math functions, the
+// raw-pointer argument blocks of one time step that the CPU passes and the CUDA kernels read,
+// and step_element, the body of a pass that every device's loop runs per element.
 #pragma once
 
 #include <cmath>
@@ -52,56 +53,29 @@ struct ForwardStep {
   T* c_state = nullptr;        // LSTM: [rows, H] c_prev in, c' out
   T* h_out = nullptr;          // [rows, H] h' (the output rows, or the workspace's h column)
   int64_t h_out_stride = 0;
-  T* ws = nullptr;             // [rows, Cell::kWorkspace*H] what backward needs, or null
+  T* ws = nullptr;  // [rows, Cell::kWorkspace*H] what backward needs, or null
   int64_t ws_stride = 0;
-  T* h_prev_save = nullptr;    // [rows, H] (stride ws_stride): where to keep h_prev for
-                               //   backward, read from h_state before the step overwrites it
+  T* h_prev_save = nullptr;  // [rows, H] (stride ws_stride): where to keep h_prev for
+                             //   backward, read from h_state before the step overwrites it
 };
 
 // One backward step: the mirror image of ForwardStep.
 template <class T>
 struct BackwardStep {
   int64_t rows = 0, hidden = 0;
-  const T* grad_h = nullptr;   // [rows, H] dL/dh' from this step's output (or via W_hr)
+  const T* grad_h = nullptr;  // [rows, H] dL/dh' from this step's output (or via W_hr)
   int64_t grad_h_stride = 0;
-  T* grad_h_state = nullptr;   // [rows, H] dL/dh' from the next step, nullable; GRU
+  T* grad_h_state = nullptr;        // [rows, H] dL/dh' from the next step, nullable; GRU
   int64_t grad_h_state_stride = 0;  // overwrites it with the direct path dL/dh_prev = dh*z
-  T* grad_c_state = nullptr;   // LSTM: [rows, H] dL/dc' in, dL/dc_prev out
-  const T* ws = nullptr;       // [rows, ...] saved by forward
+  T* grad_c_state = nullptr;        // LSTM: [rows, H] dL/dc' in, dL/dc_prev out
+  const T* ws = nullptr;            // [rows, ...] saved by forward
   int64_t ws_stride = 0;
-  const T* h_prev = nullptr;   // GRU: [rows, H] h_prev
+  const T* h_prev = nullptr;  // GRU: [rows, H] h_prev
   int64_t h_prev_stride = 0;
-  T* d_gates_x = nullptr;      // [rows, G*H] dL/d(pre-activation) along the input path
-  T* d_gates_h = nullptr;      // GRU: [rows, G*H] along the hidden path (n differs by r)
+  T* d_gates_x = nullptr;  // [rows, G*H] dL/d(pre-activation) along the input path
+  T* d_gates_h = nullptr;  // GRU: [rows, G*H] along the hidden path (n differs by r)
   int64_t d_gates_stride = 0;
 };
-
-// What the driver tells the device about a layer's forward steps before the loop: a step is
-// a GEMM [rows, depth] x [depth, gates * hidden], then a pass over [rows, hidden]. `splittable`:
-// the step's work can be divided by hidden units, each thread taking the GEMM's columns of
-// its units in every gate and then the pass over them (not so for a projected LSTM, whose
-// step ends in a GEMM over all units).
-struct StepPlan {
-  int64_t rows, depth, gates, hidden;
-  bool splittable;
-};
-
-// The hidden units [begin, end) of a step that one call runs. `split`: other threads run the
-// other units of the step at the same time (CpuDevice::for_each_step); otherwise the call
-// runs the whole step and may be parallel inside.
-struct Units {
-  int64_t begin = 0, end = 0;
-  bool split = false;
-  static Units whole(int64_t hidden) { return {0, hidden, false}; }
-};
-
-// body(k, units, sync) for k = 0 .. n_steps - 1 in order, each step whole on the calling
-// thread: the executor of devices that do not split steps (sync has nothing to wait for).
-template <class Body>
-void for_each_whole_step(int64_t n_steps, int64_t hidden, Body&& body) {
-  const auto no_sync = [] {};
-  for (int64_t k = 0; k < n_steps; ++k) body(k, Units::whole(hidden), no_sync);
-}
 
 // Element `col` of a GEMM result row plus its bias (when there is one).
 template <class V, class T, class IO>

@@ -28,7 +28,10 @@ class PackedWeight {
   // columns (a gate of W_hh^T) gets its own panels, so the units [u0, u1) of every gate are
   // whole panels when u0 and u1 are multiples of kLanes (multiply_units).
   explicit PackedWeight(const at::Tensor& b, int64_t groups = 1)
-      : k_(b.size(0)), groups_(groups), width_(b.size(1) / groups), group_panels_((width_ + kLanes - 1) / kLanes),
+      : k_(b.size(0)),
+        groups_(groups),
+        width_(b.size(1) / groups),
+        group_panels_((width_ + kLanes - 1) / kLanes),
         panels_(groups * group_panels_) {
     TORCH_INTERNAL_ASSERT(width_ * groups == b.size(1), "PackedWeight: ", b.size(1), " columns in ", groups, " groups");
     packed_ = at::empty({panels_ * k_ * kLanes}, b.options());
@@ -55,8 +58,7 @@ class PackedWeight {
   // The same for the columns of units [u0, u1) of every group only, on the calling thread.
   // u0 must be a multiple of kLanes (u1 too, unless it is the width).
   void multiply_units(const at::Tensor& out, const at::Tensor& a, bool accumulate, int64_t u0, int64_t u1) const {
-    TORCH_INTERNAL_ASSERT(k_ > 0 && u0 % kLanes == 0 && (u1 % kLanes == 0 || u1 == width_) && u0 <= u1 &&
-                          u1 <= width_);
+    TORCH_INTERNAL_ASSERT(k_ > 0 && u0 % kLanes == 0 && (u1 % kLanes == 0 || u1 == width_) && u0 <= u1 && u1 <= width_);
     const Operands x = operands(out, a, accumulate);
     const int64_t q0 = u0 / kLanes, q1 = (u1 + kLanes - 1) / kLanes;
     for (int64_t g = 0; g < groups_; ++g) {
@@ -137,20 +139,27 @@ class PackedWeight {
   void row_block(int64_t rows, const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1,
                  const Depth& d) const {
     switch (rows) {
-      case 1: return panels<1>(a, lda, w, o, ldo, p0, p1, d);
-      case 2: return panels<2>(a, lda, w, o, ldo, p0, p1, d);
-      case 3: return panels<3>(a, lda, w, o, ldo, p0, p1, d);
-      case 4: return panels<4>(a, lda, w, o, ldo, p0, p1, d);
-      case 5: return panels<5>(a, lda, w, o, ldo, p0, p1, d);
-      case 6: return panels<6>(a, lda, w, o, ldo, p0, p1, d);
-      case 7: return panels<7>(a, lda, w, o, ldo, p0, p1, d);
-      default: return panels<8>(a, lda, w, o, ldo, p0, p1, d);
+      case 1:
+        return panels<1>(a, lda, w, o, ldo, p0, p1, d);
+      case 2:
+        return panels<2>(a, lda, w, o, ldo, p0, p1, d);
+      case 3:
+        return panels<3>(a, lda, w, o, ldo, p0, p1, d);
+      case 4:
+        return panels<4>(a, lda, w, o, ldo, p0, p1, d);
+      case 5:
+        return panels<5>(a, lda, w, o, ldo, p0, p1, d);
+      case 6:
+        return panels<6>(a, lda, w, o, ldo, p0, p1, d);
+      case 7:
+        return panels<7>(a, lda, w, o, ldo, p0, p1, d);
+      default:
+        return panels<8>(a, lda, w, o, ldo, p0, p1, d);
     }
   }
 
   template <int MR>
-  void panels(const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1,
-              const Depth& d) const {
+  void panels(const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1, const Depth& d) const {
     constexpr int NP = kPanels<MR>;
     int64_t p = p0;
     for (; p + NP <= p1; p += NP) tile<MR, NP>(a, lda, w, o, ldo, p, d);

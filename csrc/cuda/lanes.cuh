@@ -19,11 +19,11 @@ struct Lanes {
     for (int i = 0; i < N; ++i) v[i] = s;
   }
 
-#define FUSED_RNN_LANES_OP(op)                                           \
-  friend FUSED_RNN_HD Lanes operator op(const Lanes& x, const Lanes& y) { \
-    Lanes r;                                                             \
+#define FUSED_RNN_LANES_OP(op)                                               \
+  friend FUSED_RNN_HD Lanes operator op(const Lanes& x, const Lanes& y) {    \
+    Lanes r;                                                                 \
     _Pragma("unroll") for (int i = 0; i < N; ++i) r.v[i] = x.v[i] op y.v[i]; \
-    return r;                                                            \
+    return r;                                                                \
   }
   FUSED_RNN_LANES_OP(+)
   FUSED_RNN_LANES_OP(-)
@@ -31,11 +31,11 @@ struct Lanes {
 #undef FUSED_RNN_LANES_OP
 };
 
-#define FUSED_RNN_LANEWISE(name)                         \
-  static FUSED_RNN_HD V name(const V& x) {                \
-    V r;                                                  \
+#define FUSED_RNN_LANEWISE(name)                                                  \
+  static FUSED_RNN_HD V name(const V& x) {                                        \
+    V r;                                                                          \
     _Pragma("unroll") for (int i = 0; i < N; ++i) r.v[i] = Math<S>::name(x.v[i]); \
-    return r;                                             \
+    return r;                                                                     \
   }
 
 template <class S, int N>

@@ -109,10 +109,9 @@ bool vector_aligned(int64_t hidden, std::initializer_list<const void*> pointers,
 }
 template <class T>
 bool vector_aligned(const ForwardStep<T>& a) {
-  return vector_aligned<T>(a.hidden,
-                           {a.x_gates, a.bias_ih, a.h_gates, a.bias_hh, a.h_state, a.c_state, a.h_out, a.ws,
-                            a.h_prev_save},
-                           {a.x_stride, a.h_stride, a.h_state_stride, a.h_out_stride, a.ws_stride});
+  return vector_aligned<T>(
+      a.hidden, {a.x_gates, a.bias_ih, a.h_gates, a.bias_hh, a.h_state, a.c_state, a.h_out, a.ws, a.h_prev_save},
+      {a.x_stride, a.h_stride, a.h_state_stride, a.h_out_stride, a.ws_stride});
 }
 template <class T>
 bool vector_aligned(const BackwardStep<T>& a) {
@@ -185,14 +184,14 @@ cudaError_t launch_backward_step(const BackwardStep<T>& step, cudaStream_t strea
   return launch_step<Cell, T>(step, stream);
 }
 
-#define FUSED_RNN_INSTANTIATE_STEP(Cell, T)                                                  \
-  template cudaError_t launch_forward_step<Cell, T>(const ForwardStep<T>&, cudaStream_t);   \
+#define FUSED_RNN_INSTANTIATE_STEP(Cell, T)                                               \
+  template cudaError_t launch_forward_step<Cell, T>(const ForwardStep<T>&, cudaStream_t); \
   template cudaError_t launch_backward_step<Cell, T>(const BackwardStep<T>&, cudaStream_t);
 
-#define FUSED_RNN_INSTANTIATE_CELL(Cell)         \
-  FUSED_RNN_INSTANTIATE_STEP(Cell, float)        \
-  FUSED_RNN_INSTANTIATE_STEP(Cell, double)       \
-  FUSED_RNN_INSTANTIATE_STEP(Cell, __half)       \
+#define FUSED_RNN_INSTANTIATE_CELL(Cell)   \
+  FUSED_RNN_INSTANTIATE_STEP(Cell, float)  \
+  FUSED_RNN_INSTANTIATE_STEP(Cell, double) \
+  FUSED_RNN_INSTANTIATE_STEP(Cell, __half) \
   FUSED_RNN_INSTANTIATE_STEP(Cell, __nv_bfloat16)
 
 FUSED_RNN_INSTANTIATE_CELL(LstmCell)

@@ -1,0 +1,51 @@
+// The CPU's StepWeight (device.h): the weight of a GEMM that every step repeats, packed once
+// per op call.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "../device.h"
+#include "gemm.h"
+#include "packed_gemm.h"
+
+namespace fused_rnn::cpu {
+
+// out (+)= a @ b, a = a step's rows. Steps multiply a copy of b packed once per op call
+// (packed_gemm.h): oneDNN and MKL re-read b in its own layout on every call, which costs more
+// than the arithmetic at a few rows and, measured at B = 64, H = 512, still 10% at many. A
+// sequence shorter than kMinPackedSteps does not repay the packing and calls gemm().
+// `groups`: b's columns are that many equal groups (the gates of W_hh^T), packed so that a
+// thread of a split step multiplies the columns of its units in every group (Units).
+class StepWeight {
+ public:
+  static constexpr int64_t kMinPackedSteps = 4;
+
+  explicit StepWeight(const at::Tensor& b, int64_t steps, int64_t groups = 1) : b_(b) {
+    if (steps < kMinPackedSteps) return;
+    if (b.scalar_type() == at::kFloat) f32_.emplace(b, groups);
+    if (b.scalar_type() == at::kDouble) f64_.emplace(b, groups);
+  }
+
+  void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate, const Units& units = {}) const {
+    const bool rows_contiguous = a.stride(1) == 1 && out.stride(1) == 1;
+    if (units.split) {  // for_each_step splits only packed float/double steps
+      TORCH_INTERNAL_ASSERT((f32_ || f64_) && rows_contiguous);
+      if (f32_) f32_->multiply_units(out, a, accumulate, units.begin, units.end);
+      if (f64_) f64_->multiply_units(out, a, accumulate, units.begin, units.end);
+    } else if (f32_ && rows_contiguous) {
+      f32_->multiply(out, a, accumulate);
+    } else if (f64_ && rows_contiguous) {
+      f64_->multiply(out, a, accumulate);
+    } else {
+      cpu::gemm(out, a, b_, accumulate);
+    }
+  }
+
+ private:
+  at::Tensor b_;
+  std::optional<PackedWeight<float>> f32_;
+  std::optional<PackedWeight<double>> f64_;
+};
+
+}  // namespace fused_rnn::cpu

@@ -1,0 +1,44 @@
+// The CPU Device (the contract is in device.h): each member hands over to the file of its job
+// in csrc/cpu/ (GEMM routing, packed step weights, the split-step loop, the pointwise pass).
+#pragma once
+#include <ATen/Dispatch.h>
+
+#include "cpu/gemm.h"
+#include "cpu/pointwise.h"
+#include "cpu/split_steps.h"
+#include "cpu/step_weight.h"
+#include "device.h"
+
+namespace fused_rnn {
+
+struct CpuDevice {
+  // CPU dtypes: float64, float32, and bfloat16 / float16 (math in float32, see VecIO; their
+  // GEMMs are ATen's).
+  template <class F>
+  static void dispatch(at::ScalarType st, const char* /*op*/, F&& fn) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st, "fused_rnn_cpu", [&] { fn(scalar_t{}); });
+  }
+
+  static void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+    cpu::gemm(out, a, b, accumulate);
+  }
+
+  using StepWeight = cpu::StepWeight;
+
+  template <class T, class Body>
+  static void for_each_step(int64_t n_steps, const StepPlan& plan, Body&& body) {
+    cpu::for_each_step<T>(n_steps, plan, body);
+  }
+
+  template <class Cell, class T>
+  static void forward_step(const ForwardStep<T>& a, const Units& units) {
+    cpu::run_step<Cell, T>(a, units);
+  }
+
+  template <class Cell, class T>
+  static void backward_step(const BackwardStep<T>& a) {
+    cpu::run_step<Cell, T>(a, Units::whole(a.hidden));
+  }
+};
+
+}  // namespace fused_rnn
