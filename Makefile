@@ -12,7 +12,8 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 CUDA_CHECK_DIR := build/cuda-check
 PYTEST_ARGS ?=
 
-CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+# /usr/local/bin/nvcc may be a wrapper script: prefer the toolkit's usual home.
+CUDA_HOME ?= $(or $(wildcard /usr/local/cuda),$(patsubst %/bin/nvcc,%,$(NVCC)))
 CXX ?= g++
 LINT_CXX := $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/*.cu' 2>/dev/null)
 
@@ -38,15 +39,19 @@ build: $(BUILT)
 # Built into build/lib, then renamed into the package: a running process (a test run while
 # the extension is rebuilt) keeps the module it loaded, where an in-place copy would overwrite
 # the file under it.
+# The stamp takes the time the build started, so a source edited during a build is rebuilt.
 $(BUILT): $(DEPS) $(CSRC)
+	@touch $@.started
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) setup.py -q build_ext --build-lib build/lib
 	@for f in build/lib/fused_rnn/_C*.so; do \
 	  cp "$$f" "fused_rnn/.$$(basename $$f).new" && mv -f "fused_rnn/.$$(basename $$f).new" "fused_rnn/$$(basename $$f)"; done
-	@touch $@
+	@mv $@.started $@
 
 # Every CUDA source must compile for sm_80 and sm_90 with plain nvcc (no torch, no cuBLAS), and
 # the C++ that drives the kernels (ops_cuda.cpp) must compile against torch's and CUDA's
-# headers (syntax only: the CPU wheel has no CUDA libraries to link). Without nvcc this is
+# headers, in the C++ standard torch's extensions build with (syntax only: the CPU wheel has no CUDA libraries to link, and lacks the one header
+# a CUDA build of torch generates, cuda_cmake_macros.h, written here as the CUDA wheels have it
+# and searched after torch's own). Without nvcc this is
 # skipped with a message, except under CI=true, where it fails: CI promises the check.
 cuda-check: $(DEPS)
 	@if [ -z "$(NVCC)" ]; then \
@@ -59,9 +64,11 @@ cuda-check: $(DEPS)
 	    -c $$f -o $(CUDA_CHECK_DIR)/$$(basename $$f).o || exit 1; \
 	done; \
 	echo "$(CXX) -fsyntax-only csrc/ops_cuda.cpp (torch and CUDA headers)"; \
-	$(CXX) -std=c++17 -fsyntax-only -DFUSED_RNN_WITH_CUDA -Icsrc -I$(CUDA_HOME)/include \
+	mkdir -p $(CUDA_CHECK_DIR)/include/c10/cuda/impl; \
+	echo "#define C10_CUDA_BUILD_SHARED_LIBS" > $(CUDA_CHECK_DIR)/include/c10/cuda/impl/cuda_cmake_macros.h; \
+	$(CXX) -std=c++20 -fsyntax-only -DFUSED_RNN_WITH_CUDA -Icsrc -I$(CUDA_HOME)/include \
 	  $$($(VPY) -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))") \
-	  csrc/ops_cuda.cpp || exit 1; \
+	  -idirafter $(CUDA_CHECK_DIR)/include csrc/ops_cuda.cpp || exit 1; \
 	echo "nvcc tests/cuda_host_check.cu (runs on the host, no GPU)"; \
 	$(NVCC) -std=c++17 -O2 -Icsrc -gencode=arch=compute_80,code=sm_80 tests/cuda_host_check.cu \
 	  -o $(CUDA_CHECK_DIR)/cuda_host_check && $(CUDA_CHECK_DIR)/cuda_host_check

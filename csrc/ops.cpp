@@ -62,6 +62,9 @@ void add_testing_hooks(pybind11::module_& m) {
       "set_poison", [](bool on) { fused_rnn::poison_new_buffers() = on; },
       "Fill every buffer the ops allocate with NaN before the kernels write it.");
   m.def(
+      "set_split_steps", [](bool on) { fused_rnn::cpu::split_steps_enabled() = on; },
+      "Let CPU forwards of a few rows split their steps over threads (the default), or not.");
+  m.def(
       "split_workers",
       [](int64_t rows, int64_t depth, int64_t gates, int64_t hidden, int64_t steps, bool splittable, bool float64) {
         const fused_rnn::StepPlan plan{rows, depth, gates, hidden, splittable};

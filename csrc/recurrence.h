@@ -145,172 +145,231 @@ struct LayerGrads {
   Tensor input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
 };
 
+// The tensors a layer's forward works on, and the pointer block of one step over them.
+struct ForwardBuffers {
+  Tensor x_gates;     // [N, G*H] all steps' x W_ih^T (scratch; biases are added by the pass)
+  Tensor h_gates;     // [B, G*H] this step's h_prev W_hh^T
+  Tensor b_ih, b_hh;  // contiguous, or undefined
+  Tensor output;      // [T, B, P] or [N, P]; out2d is its [N, P] view
+  Tensor out2d;
+  Tensor h_state;    // [B, P] h_prev in, h' out
+  Tensor c_state;    // LSTM: [B, H]
+  Tensor ws;         // [N, layout.width], or [0] in inference
+  Tensor h_scratch;  // projected LSTM in inference: [B, H] the unprojected h'
+  int64_t hidden, state, gates;
+  WorkspaceLayout layout;
+  bool proj, need_workspace;
+
+  // The rows of a step of a projected LSTM whose unprojected h' the pass wrote.
+  Tensor h_unprojected(const StepRows& st) const {
+    return need_workspace ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, hidden)
+                          : first_rows(h_scratch, st.rows);
+  }
+
+  template <class T>
+  ForwardStep<T> step(const StepRows& st) const {
+    const int64_t H = hidden, P = state, GH = gates * hidden;
+    ForwardStep<T> a;
+    a.rows = st.rows;
+    a.hidden = H;
+    a.x_gates = ptr<T>(x_gates) + st.offset * GH;
+    a.x_stride = GH;
+    a.h_gates = ptr<T>(h_gates);
+    a.h_stride = GH;
+    a.bias_ih = ptr<T>(b_ih);
+    a.bias_hh = ptr<T>(b_hh);
+    a.c_state = ptr<T>(c_state);
+    a.ws = need_workspace ? ptr<T>(ws) + st.offset * layout.width : nullptr;
+    a.ws_stride = layout.width;
+    if (proj) {  // h' goes to the workspace (or scratch), and the driver projects it
+      a.h_out = need_workspace ? a.ws + layout.h_col : ptr<T>(h_scratch);
+      a.h_out_stride = need_workspace ? layout.width : H;
+    } else {
+      a.h_out = ptr<T>(out2d) + st.offset * P;
+      a.h_out_stride = P;
+      a.h_state = ptr<T>(h_state);
+      a.h_state_stride = P;
+      if (need_workspace) a.h_prev_save = a.ws + layout.h_prev_col;
+    }
+    return a;
+  }
+};
+
+// Allocates a forward's buffers and runs all steps' input projection (ONE GEMM).
 template <class Cell, class Device>
-LayerOutputs layer_forward(const Tensor& input_, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
-                           const LayerWeights& w, bool reverse, bool need_workspace) {
-  const OpScope scope(input_);
-  const auto [steps, s, input, N, proj, layout] = setup_layer<Cell>(input_, batch_sizes, h0, c0, w);
-  const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
-  const Tensor x2d = input.view({N, s.input});
-  const int64_t n_steps = static_cast<int64_t>(steps.size());
-  const typename Device::StepWeight w_hh_step(w.w_hh.t(), n_steps, /*groups=*/G);
-  const Tensor b_ih = contiguous_or_empty(w.b_ih);
-  const Tensor b_hh = contiguous_or_empty(w.b_hh);
-
-  // All steps' input projections at once (the biases are added in the pointwise pass).
-  Tensor x_gates = scratch_buffer(Scratch::kGates, {N, G * H}, input.options());
-  Device::gemm(x_gates, x2d, w.w_ih.t(), /*accumulate=*/false);
-
-  std::vector<int64_t> out_shape = input.sizes().vec();
+ForwardBuffers forward_buffers(const LayerSetup& l, const LayerWeights& w, const Tensor& h0, const OptTensor& c0,
+                               bool need_workspace) {
+  const auto opts = l.input.options();
+  const int64_t H = l.s.hidden, P = l.s.state, G = Cell::kGates;
+  ForwardBuffers b;
+  b.hidden = H, b.state = P, b.gates = G, b.layout = l.layout, b.proj = l.proj, b.need_workspace = need_workspace;
+  b.x_gates = scratch_buffer(Scratch::kGates, {l.rows, G * H}, opts);
+  Device::gemm(b.x_gates, l.input.view({l.rows, l.s.input}), w.w_ih.t(), /*accumulate=*/false);
+  b.h_gates = new_buffer({l.s.batch, G * H}, opts);
+  b.b_ih = contiguous_or_empty(w.b_ih);
+  b.b_hh = contiguous_or_empty(w.b_hh);
+  std::vector<int64_t> out_shape = l.input.sizes().vec();
   out_shape.back() = P;
-  Tensor output = new_buffer(out_shape, input.options());
-  Tensor out2d = output.view({N, P});
-  Tensor h_state = h0.contiguous().clone();
-  Tensor c_state = Cell::kHasCellState ? c0->contiguous().clone() : Tensor();
-  Tensor h_gates = new_buffer({s.batch, G * H}, input.options());
+  b.output = new_buffer(out_shape, opts);
+  b.out2d = b.output.view({l.rows, P});
+  b.h_state = h0.contiguous().clone();
+  b.c_state = Cell::kHasCellState ? c0->contiguous().clone() : Tensor();
+  b.ws = need_workspace ? new_buffer({l.rows, l.layout.width}, opts) : at::empty({0}, opts);
+  b.h_scratch = l.proj && !need_workspace ? new_buffer({l.s.batch, H}, opts) : Tensor();
+  return b;
+}
 
-  Tensor ws = need_workspace ? new_buffer({N, layout.width}, input.options()) : at::empty({0}, input.options());
-  // A projected LSTM's unprojected h' goes to the workspace, or to scratch in inference.
-  Tensor h_scratch = proj && !need_workspace ? new_buffer({s.batch, H}, input.options()) : Tensor();
+template <class Cell, class Device>
+LayerOutputs layer_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
+                           const LayerWeights& w, bool reverse, bool need_workspace) {
+  const OpScope scope(input);
+  const LayerSetup l = setup_layer<Cell>(input, batch_sizes, h0, c0, w);
+  ForwardBuffers b = forward_buffers<Cell, Device>(l, w, h0, c0, need_workspace);
+  const int64_t n_steps = static_cast<int64_t>(l.steps.size());
+  const typename Device::StepWeight w_hh_step(w.w_hh.t(), n_steps, /*groups=*/Cell::kGates);
   std::optional<typename Device::StepWeight> w_hr_step;
-  if (proj) w_hr_step.emplace(w.w_hr->t(), n_steps);
+  if (l.proj) w_hr_step.emplace(w.w_hr->t(), n_steps);
 
   // A projected LSTM's step ends in a GEMM over all units: its steps are never split.
-  const StepPlan plan{s.batch, P, G, H, /*splittable=*/!proj};
-  Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
+  const StepPlan plan{l.s.batch, l.s.state, Cell::kGates, l.s.hidden, /*splittable=*/!l.proj};
+  Device::dispatch(l.input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
     Device::template for_each_step<T>(n_steps, plan, [&](int64_t k, const Units& units, const auto& sync) {
-      const StepRows& st = steps[reverse ? n_steps - 1 - k : k];
-      const Tensor h_prev = first_rows(h_state, st.rows);
-      Tensor h_gates_rows = first_rows(h_gates, st.rows);
+      const StepRows& st = l.steps[reverse ? n_steps - 1 - k : k];
+      const Tensor h_prev = first_rows(b.h_state, st.rows);
+      Tensor h_gates_rows = first_rows(b.h_gates, st.rows);
       w_hh_step.gemm(h_gates_rows, h_prev, false, units);
       sync();  // the pass below overwrites h_state, which the GEMM of every split reads
       // h_prev is kept for backward's dW_hh: by the pointwise pass, which reads h_state
       // anyway, except for a projected LSTM, whose state has another width than the pass.
-      if (need_workspace && proj) ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_prev_col, P).copy_(h_prev);
-
-      ForwardStep<T> a;
-      a.rows = st.rows;
-      a.hidden = H;
-      a.x_gates = ptr<T>(x_gates) + st.offset * G * H;
-      a.x_stride = G * H;
-      a.h_gates = ptr<T>(h_gates);
-      a.h_stride = G * H;
-      a.bias_ih = ptr<T>(b_ih);
-      a.bias_hh = ptr<T>(b_hh);
-      a.c_state = ptr<T>(c_state);
-      a.ws = need_workspace ? ptr<T>(ws) + st.offset * layout.width : nullptr;
-      a.ws_stride = layout.width;
-      if (proj) {
-        a.h_out = need_workspace ? a.ws + layout.h_col : ptr<T>(h_scratch);
-        a.h_out_stride = need_workspace ? layout.width : H;
-      } else {
-        a.h_out = ptr<T>(out2d) + st.offset * P;
-        a.h_out_stride = P;
-        a.h_state = ptr<T>(h_state);
-        a.h_state_stride = P;
-        if (need_workspace) a.h_prev_save = a.ws + layout.h_prev_col;
+      if (need_workspace && l.proj) {
+        b.ws.narrow(0, st.offset, st.rows).narrow(1, l.layout.h_prev_col, l.s.state).copy_(h_prev);
       }
-      Device::template forward_step<Cell, T>(a, units);
-
-      if (proj) {
-        const Tensor h_unprojected = need_workspace ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, H)
-                                                    : first_rows(h_scratch, st.rows);
-        Tensor out_rows = out2d.narrow(0, st.offset, st.rows);
-        w_hr_step->gemm(out_rows, h_unprojected, false);
-        first_rows(h_state, st.rows).copy_(out_rows);
+      Device::template forward_step<Cell, T>(b.step<T>(st), units);
+      if (l.proj) {
+        Tensor out_rows = b.out2d.narrow(0, st.offset, st.rows);
+        w_hr_step->gemm(out_rows, b.h_unprojected(st), false);
+        first_rows(b.h_state, st.rows).copy_(out_rows);
       }
     });
   });
-  return {output, h_state, Cell::kHasCellState ? c_state : at::empty({0}, input.options()), ws};
+  return {b.output, b.h_state, Cell::kHasCellState ? b.c_state : at::empty({0}, l.input.options()), b.ws};
+}
+
+// The tensors a layer's backward works on, and the pointer block of one step over them.
+struct BackwardBuffers {
+  Tensor grad_out;   // [N, P] grad_output
+  Tensor ws;         // [N, layout.width] the forward's workspace
+  Tensor d_gates_x;  // [N, G*H] dL/d(pre-activation) along the input path (scratch)
+  Tensor d_gates_h;  // [N, G*H] along the hidden path: d_gates_x itself but for GRU
+  Tensor dh_state;   // [B, P] dL/dh' from the next step
+  Tensor dc_state;   // LSTM: [B, H]
+  Tensor d_proj;     // projected LSTM: [N, P] dL/d(projected h) per row
+  Tensor dh_buf;     // projected LSTM: [B, H] that times W_hr
+  int64_t hidden, state, gates;
+  WorkspaceLayout layout;
+  bool proj;
+
+  template <class T>
+  BackwardStep<T> step(const StepRows& st) const {
+    const int64_t H = hidden, P = state, GH = gates * hidden;
+    BackwardStep<T> a;
+    a.rows = st.rows;
+    a.hidden = H;
+    if (proj) {  // the driver has put dL/dh' (through W_hr) into dh_buf
+      a.grad_h = ptr<T>(dh_buf);
+      a.grad_h_stride = H;
+    } else {
+      a.grad_h = ptr<T>(grad_out) + st.offset * P;
+      a.grad_h_stride = P;
+      a.grad_h_state = ptr<T>(dh_state);
+      a.grad_h_state_stride = P;
+    }
+    a.grad_c_state = ptr<T>(dc_state);
+    a.ws = ptr<T>(ws) + st.offset * layout.width;
+    a.ws_stride = layout.width;
+    a.h_prev = a.ws + layout.h_prev_col;
+    a.h_prev_stride = layout.width;
+    a.d_gates_x = ptr<T>(d_gates_x) + st.offset * GH;
+    a.d_gates_h = ptr<T>(d_gates_h) + st.offset * GH;
+    a.d_gates_stride = GH;
+    return a;
+  }
+};
+
+// Checks what only backward takes (workspace, grad_output) and allocates its buffers.
+template <class Cell>
+BackwardBuffers backward_buffers(const LayerSetup& l, const Tensor& grad_output, const Tensor& grad_h_n,
+                                 const OptTensor& grad_c_n, const Tensor& ws) {
+  const int64_t N = l.rows, H = l.s.hidden, P = l.s.state, G = Cell::kGates;
+  TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == l.layout.width, Cell::kName,
+              "_backward: workspace has shape ", ws.sizes(), " but [", N, ", ", l.layout.width,
+              "] was expected; was the forward run with need_workspace=True on the same arguments?");
+  TORCH_CHECK(grad_output.numel() == N * P, Cell::kName, "_backward: grad_output has ", grad_output.numel(),
+              " elements, expected ", N * P);
+  const auto opts = l.input.options();
+  BackwardBuffers b;
+  b.hidden = H, b.state = P, b.gates = G, b.layout = l.layout, b.proj = l.proj;
+  b.grad_out = grad_output.contiguous().view({N, P});
+  b.ws = ws.contiguous();
+  b.d_gates_x = scratch_buffer(Scratch::kGates, {N, G * H}, opts);
+  b.d_gates_h = Cell::kSplitGateGrads ? scratch_buffer(Scratch::kHiddenGates, {N, G * H}, opts) : b.d_gates_x;
+  b.dh_state = grad_h_n.contiguous().clone();
+  b.dc_state = Cell::kHasCellState ? grad_c_n->contiguous().clone() : Tensor();
+  b.d_proj = l.proj ? new_buffer({N, P}, opts) : Tensor();
+  b.dh_buf = l.proj ? new_buffer({l.s.batch, H}, opts) : Tensor();
+  return b;
+}
+
+// After the loop: dx, the weight gradients (single GEMMs over all steps) and the bias sums.
+template <class Cell, class Device>
+LayerGrads gradients_after_loop(const LayerSetup& l, const LayerWeights& w, const BackwardBuffers& b) {
+  const auto opts = l.input.options();
+  LayerGrads g;
+  g.input = matmul<Device>(b.d_gates_x, w.w_ih).view(l.input.sizes());
+  g.h0 = b.dh_state;
+  g.c0 = Cell::kHasCellState ? b.dc_state : at::empty({0}, opts);
+  g.weight_ih = matmul<Device>(b.d_gates_x.t(), l.input.view({l.rows, l.s.input}));
+  g.weight_hh = matmul<Device>(b.d_gates_h.t(), b.ws.narrow(1, l.layout.h_prev_col, l.s.state));
+  // Sums over rows are deterministic reductions (no atomics) on both devices.
+  g.bias_ih = w.b_ih.has_value() ? b.d_gates_x.sum(0) : at::empty({0}, opts);
+  // Where both paths share the gate grads (all but GRU), both biases get the same sum.
+  const bool same_sum = !Cell::kSplitGateGrads && w.b_ih.has_value();
+  g.bias_hh = !w.b_hh.has_value() ? at::empty({0}, opts) : same_sum ? g.bias_ih.clone() : b.d_gates_h.sum(0);
+  g.weight_hr =
+      l.proj ? matmul<Device>(b.d_proj.t(), b.ws.narrow(1, l.layout.h_col, l.s.hidden)) : at::empty({0}, opts);
+  return g;
 }
 
 template <class Cell, class Device>
 LayerGrads layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const OptTensor& grad_c_n,
-                          const Tensor& input_, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
+                          const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
                           const LayerWeights& w, const Tensor& ws, bool reverse) {
-  const OpScope scope(input_);
-  const auto [steps, s, input, N, proj, layout] = setup_layer<Cell>(input_, batch_sizes, h0, c0, w);
-  const int64_t H = s.hidden, P = s.state, G = Cell::kGates;
-  TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == layout.width, Cell::kName,
-              "_backward: workspace has shape ", ws.sizes(), " but [", N, ", ", layout.width,
-              "] was expected; was the forward run with need_workspace=True on the same arguments?");
-  TORCH_CHECK(grad_output.numel() == N * P, Cell::kName, "_backward: grad_output has ", grad_output.numel(),
-              " elements, expected ", N * P);
-  const Tensor ws_c = ws.contiguous();
-  const Tensor go2d = grad_output.contiguous().view({N, P});
-  const auto opts = input.options();
-
-  Tensor d_gates_x = scratch_buffer(Scratch::kGates, {N, G * H}, opts);
-  Tensor d_gates_h = Cell::kSplitGateGrads ? scratch_buffer(Scratch::kHiddenGates, {N, G * H}, opts) : d_gates_x;
-  Tensor dh_state = grad_h_n.contiguous().clone();
-  Tensor dc_state = Cell::kHasCellState ? grad_c_n->contiguous().clone() : Tensor();
-  Tensor d_proj = proj ? new_buffer({N, P}, opts) : Tensor();        // dL/d(projected h) per row
-  Tensor dh_buf = proj ? new_buffer({s.batch, H}, opts) : Tensor();  // that times W_hr
-  const Tensor h_prev_all = ws_c.narrow(1, layout.h_prev_col, P);
-  const int64_t n_steps = static_cast<int64_t>(steps.size());
+  const OpScope scope(input);
+  const LayerSetup l = setup_layer<Cell>(input, batch_sizes, h0, c0, w);
+  BackwardBuffers b = backward_buffers<Cell>(l, grad_output, grad_h_n, grad_c_n, ws);
+  const int64_t n_steps = static_cast<int64_t>(l.steps.size());
   const typename Device::StepWeight w_hh_step(w.w_hh, n_steps);
   std::optional<typename Device::StepWeight> w_hr_step;
-  if (proj) w_hr_step.emplace(*w.w_hr, n_steps);
+  if (l.proj) w_hr_step.emplace(*w.w_hr, n_steps);
 
-  Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
+  Device::dispatch(l.input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
     for (int64_t k = 0; k < n_steps; ++k) {  // the forward order, reversed
-      const StepRows& st = steps[reverse ? k : n_steps - 1 - k];
-      Tensor dh_rows = first_rows(dh_state, st.rows);
-      BackwardStep<T> a;
-      a.rows = st.rows;
-      a.hidden = H;
-      if (proj) {
-        Tensor dp = d_proj.narrow(0, st.offset, st.rows);
-        at::add_out(dp, go2d.narrow(0, st.offset, st.rows), dh_rows);
-        Tensor dh_buf_rows = first_rows(dh_buf, st.rows);
+      const StepRows& st = l.steps[reverse ? k : n_steps - 1 - k];
+      Tensor dh_rows = first_rows(b.dh_state, st.rows);
+      if (l.proj) {  // dL/d(projected h) = grad_output + the next step's; through W_hr to h'
+        Tensor dp = b.d_proj.narrow(0, st.offset, st.rows);
+        at::add_out(dp, b.grad_out.narrow(0, st.offset, st.rows), dh_rows);
+        Tensor dh_buf_rows = first_rows(b.dh_buf, st.rows);
         w_hr_step->gemm(dh_buf_rows, dp, false);
-        a.grad_h = ptr<T>(dh_buf);
-        a.grad_h_stride = H;
-      } else {
-        a.grad_h = ptr<T>(go2d) + st.offset * P;
-        a.grad_h_stride = P;
-        a.grad_h_state = ptr<T>(dh_state);
-        a.grad_h_state_stride = P;
       }
-      a.grad_c_state = ptr<T>(dc_state);
-      a.ws = ptr<T>(ws_c) + st.offset * layout.width;
-      a.ws_stride = layout.width;
-      a.h_prev = a.ws + layout.h_prev_col;
-      a.h_prev_stride = layout.width;
-      a.d_gates_x = ptr<T>(d_gates_x) + st.offset * G * H;
-      a.d_gates_h = ptr<T>(d_gates_h) + st.offset * G * H;
-      a.d_gates_stride = G * H;
-      Device::template backward_step<Cell, T>(a);
-
-      const Tensor dg_h = d_gates_h.narrow(0, st.offset, st.rows);
+      Device::template backward_step<Cell, T>(b.step<T>(st));
       // GRU: on top of the direct path dh * z that the step wrote.
-      w_hh_step.gemm(dh_rows, dg_h, /*accumulate=*/Cell::kSplitGateGrads);
+      w_hh_step.gemm(dh_rows, b.d_gates_h.narrow(0, st.offset, st.rows), /*accumulate=*/Cell::kSplitGateGrads);
     }
   });
-
-  const Tensor x2d = input.view({N, s.input});
-  Tensor dx = matmul<Device>(d_gates_x, w.w_ih).view(input.sizes());
-  Tensor dw_ih = matmul<Device>(d_gates_x.t(), x2d);
-  Tensor dw_hh = matmul<Device>(d_gates_h.t(), h_prev_all);
-  // Sums over rows are deterministic reductions (no atomics) on both devices.
-  Tensor db_ih = w.b_ih.has_value() ? d_gates_x.sum(0) : at::empty({0}, opts);
-  // Where both paths share the gate grads (all but GRU), both biases get the same sum.
-  const bool same_sum = !Cell::kSplitGateGrads && w.b_ih.has_value();
-  Tensor db_hh = !w.b_hh.has_value() ? at::empty({0}, opts) : same_sum ? db_ih.clone() : d_gates_h.sum(0);
-  Tensor dw_hr = proj ? matmul<Device>(d_proj.t(), ws_c.narrow(1, layout.h_col, H)) : at::empty({0}, opts);
-  Tensor dc0 = Cell::kHasCellState ? dc_state : at::empty({0}, opts);
-  LayerGrads g;
-  g.input = dx;
-  g.h0 = dh_state;
-  g.c0 = dc0;
-  g.weight_ih = dw_ih;
-  g.weight_hh = dw_hh;
-  g.bias_ih = db_ih;
-  g.bias_hh = db_hh;
-  g.weight_hr = dw_hr;
-  return g;
+  return gradients_after_loop<Cell, Device>(l, w, b);
 }
 
 }  // namespace fused_rnn

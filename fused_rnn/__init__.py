@@ -6,10 +6,10 @@ reference every kernel is tested against (``fused_rnn.reference``).
 """
 __version__ = "0.1.0"
 
-from . import _ops  # loads the compiled extension and registers the ops
-from . import functional, reference
-from .rnn import LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell
+# _ops loads the compiled extension and registers the ops (functional and rnn use them).
+from . import _ops, functional, reference
 from .convert import to_fused, to_torch
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = ["functional", "reference", "__version__",
            "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "to_fused", "to_torch",

@@ -25,11 +25,19 @@ namespace fused_rnn::cpu {
 constexpr int64_t kMaxSplitRows = 8;
 constexpr int64_t kMinSplitFmas = 16384;
 
+// Tests turn splitting off (_C.testing.set_split_steps) to compare a split forward with the
+// same call run whole on the same number of threads: MKL's sgemm (the input projection) gives
+// other bits on another thread count, so only that comparison can ask for equal bits.
+inline bool& split_steps_enabled() {
+  static bool enabled = true;
+  return enabled;
+}
+
 // The threads a forward of `n_steps` such steps is split over (1: run whole steps).
 inline int64_t split_workers(int64_t n_steps, const StepPlan& plan, int64_t lanes) {
 #if AT_PARALLEL_OPENMP
-  if (!plan.splittable || plan.rows > kMaxSplitRows || n_steps < StepWeight::kMinPackedSteps ||
-      at::in_parallel_region()) {
+  if (!split_steps_enabled() || !plan.splittable || plan.rows > kMaxSplitRows ||
+      n_steps < StepWeight::kMinPackedSteps || at::in_parallel_region()) {
     return 1;
   }
   const int64_t fmas = plan.rows * plan.depth * plan.gates * plan.hidden;
