@@ -32,6 +32,7 @@ class BenchContext:
 
     def __init__(self, argv):
         import torch
+
         from fused_rnn import bench
 
         self.bench = bench

@@ -40,7 +40,7 @@ def test_rnn(benchmark, bench_context, case, mode, side):
     limit = bench.SUSPECT_REL_DIFF.get(case.precision, 1e-4)
     if info["rel_diff"] > limit:
         warnings.warn(f"{case.name} {mode}: fused_rnn differs from torch.nn by "
-                      f"{info['rel_diff']:.2e} (> {limit:g})")
+                      f"{info['rel_diff']:.2e} (> {limit:g})", stacklevel=1)  # this test's line
 
     counter = itertools.count()
 

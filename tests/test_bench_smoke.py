@@ -8,8 +8,7 @@ import math
 
 import pytest
 
-pytest.importorskip("matplotlib")
-from fused_rnn import bench  # noqa: E402
+from fused_rnn import bench
 
 ENV_FIELDS = ("device", "device_name", "torch", "cuda", "cpu_model", "threads", "git_sha",
               "csrc_sha256", "date_utc")
@@ -18,6 +17,7 @@ ROW_FIELDS = ("case", "mode", "cell", "batch", "dtype", "tf32", "torch_ms", "fus
 
 
 def test_bench_quick_writes_json_plot_and_table(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # the plot needs the optional extra fused_rnn[bench]
     out = tmp_path / "result.json"
     rc = bench.main(["--quick", "--device", "cpu", "--batch", "2", "--threads", "1",
                      "--no-progress", "--out", str(out)])
@@ -32,6 +32,7 @@ def test_bench_quick_writes_json_plot_and_table(tmp_path, capsys):
     assert cells == {"lstm", "gru", "rnn"}
     assert {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
     assert any(r["packed"] for r in rows) and any(r["bidirectional"] for r in rows)
+    assert {r["dtype"] for r in rows} == {"fp32", "bf16"}  # the CPU runs bf16 too
     for r in rows:
         assert "error" not in r, r.get("error")
         for key in ROW_FIELDS:
@@ -59,7 +60,7 @@ def test_bench_cases_and_options():
     full = bench.build_cases(bench.parse_args(["--sweep", "full", "--cells", "gru"]), device)
     assert any(c.packed for c in full) and any(c.layers == 4 for c in full)
     assert any(c.seq_len == 1000 for c in full) and all(c.cell == "gru" for c in full)
-    assert all(c.dtype in ("fp32", "fp64") for c in full)  # fp16/bf16 are CUDA-only
+    assert {c.dtype for c in full} == {"fp32", "bf16", "fp16"}  # low precision on the CPU too
     picked = bench.build_cases(bench.parse_args(["-B", "3,5", "-H", "16", "--cells", "rnn"]),
                                device)
     assert [(c.batch, c.hidden, c.input_size) for c in picked] == [(3, 16, 16), (5, 16, 16)]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .model import Seq2Seq
-from .tasks import (PairDataset, date_vocabs, make_dates, make_reversal, reversal_vocab)
+from .tasks import PairDataset, date_vocabs, make_dates, make_reversal, reversal_vocab
 from .train import exact_match, fit, predict
 
 
@@ -100,7 +100,10 @@ def heatmap(ax, weights, src_labels, out_labels, title):
 
 def plot_attention(model, data: PairDataset, sources, path, device, title, max_len):
     """One heatmap per source string (beam search, best hypothesis)."""
-    import matplotlib
+    try:  # an optional extra
+        import matplotlib
+    except ImportError:
+        raise ImportError("fused_rnn demo needs matplotlib: pip install 'fused_rnn[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -121,7 +124,10 @@ def plot_attention(model, data: PairDataset, sources, path, device, title, max_l
 
 
 def plot_reversal(lengths, with_att, without_att, path, hidden):
-    import matplotlib
+    try:  # an optional extra
+        import matplotlib
+    except ImportError:
+        raise ImportError("fused_rnn demo needs matplotlib: pip install 'fused_rnn[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

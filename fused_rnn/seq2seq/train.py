@@ -24,7 +24,10 @@ def fit(model: Seq2Seq, data: PairDataset, steps: int, batch_size: int = 64, lr:
     losses = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        try:  # an optional extra; the caller asked for a bar, so say what is missing
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError("fused_rnn demo needs tqdm: pip install 'fused_rnn[bench]'") from None
         bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
     for step in range(steps):
         if len(order) < batch_size:

@@ -1,0 +1,56 @@
+"""Benchmark fused_rnn against torch.nn: ``python -m fused_rnn bench [options]``.
+
+Both sides run in the same process, on the same device, with the same weights (the fused
+module loads torch.nn's state_dict) and the same input tensors, following DESIGN.md §5:
+
+- every (case, mode) is warmed up on both sides, then timed in pairs whose order is drawn
+  at random per pair, so slow drift (clocks, caches, other processes) hits both sides alike;
+- the reported time is the median of the repeats; the ratio is torch.nn / fused_rnn
+  (> 1 means fused_rnn is faster);
+- on CUDA a pair of events brackets the region and is synchronized before reading;
+- input sets are rotated when one set would fit in the last-level cache (L2 on CUDA);
+- TF32 (CUDA, fp32) is set for both sides together and stated in every row.
+
+Modes: ``fwd`` = inference (modules in eval(), under torch.no_grad()); ``fwdbwd`` = training
+forward plus torch.autograd.backward with fixed random output gradients, producing the
+gradients of the input, the initial states and every weight.
+
+Each row also carries the relative difference of the fused result against torch.nn,
+``‖fused − torch‖₂ / ‖torch‖₂`` computed in float64 (the largest over the outputs, and in
+``fwdbwd`` also over every gradient), so a fast wrong kernel cannot hide, and, for
+``fwdbwd``, the memory of both sides (CUDA: peak allocated above the pre-call baseline;
+everywhere: the bytes autograd saves for backward).
+
+Output: a table on stdout, a JSON file (environment + rows), a PNG plot of the ratio against
+batch size and a Markdown copy of the table, see ``--out``.
+
+Modules: ``cases`` (the sweeps, ``Case``, ``build_cases``), ``pairing`` (``Pair``: both
+modules and the input sets), ``checks`` (rel diff, saved bytes, torch.nn's backend),
+``timing`` (``measure``, ``run_case``, ``run``), ``tf32``, ``environment``, ``report``
+(table, summary, files), ``plotting`` and ``cli`` (``parse_args``, ``main``).
+"""
+from .cases import (
+    CELLS,
+    MODE_LABEL,
+    MODES,
+    SHORT_BATCHES,
+    STANDARD,
+    SUSPECT_REL_DIFF,
+    Case,
+    build_cases,
+    packed_lengths,
+)
+from .cli import main, parse_args, resolve_device, timing_from_args
+from .environment import environment
+from .pairing import Pair, fused_classes, torch_classes
+from .plotting import plot
+from .report import FORMAT, summary, table
+from .tf32 import set_tf32
+from .timing import measure, run, run_case
+
+__all__ = [
+    "CELLS", "FORMAT", "MODES", "MODE_LABEL", "SHORT_BATCHES", "STANDARD", "SUSPECT_REL_DIFF",
+    "Case", "Pair", "build_cases", "environment", "fused_classes", "main", "measure",
+    "packed_lengths", "parse_args", "plot", "resolve_device", "run", "run_case", "set_tf32",
+    "summary", "table", "timing_from_args", "torch_classes",
+]

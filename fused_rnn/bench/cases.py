@@ -1,0 +1,138 @@
+"""The cases: the axes of a benchmark, the sweeps of DESIGN §5 and the cases the options pick."""
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from dataclasses import dataclass
+
+import torch
+
+CELLS = ("lstm", "gru", "rnn")
+MODES = ("fwd", "fwdbwd")
+MODE_LABEL = {"fwd": "forward", "fwdbwd": "fwd+bwd"}
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp64": torch.float64, "float64": torch.float64, "double": torch.float64,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+DTYPE_NAME = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
+              torch.bfloat16: "bf16"}
+
+# Relative difference above which a row is flagged "!" (a flag only: nothing fails on it).
+SUSPECT_REL_DIFF = {"fp64": 1e-9, "fp32": 1e-4, "fp32+tf32": 2e-2, "fp16": 5e-2, "bf16": 1e-1}
+
+# The standard case (PyTorch's fastrnns default) and the sweeps of DESIGN §5.
+STANDARD = {"seq_len": 100, "batch": 64, "input_size": None, "hidden": 512, "layers": 1,
+            "bidirectional": False, "packed": False, "dtype": "fp32"}
+SHORT_BATCHES = (1, 8, 64, 256)
+FULL_VARIANTS = ({}, {"hidden": 256}, {"hidden": 1024}, {"seq_len": 1000}, {"layers": 4},
+                 {"bidirectional": True}, {"packed": True})
+# Both devices run fp16/bf16 (the CPU with float32 pointwise math and ATen's GEMMs, as
+# torch.nn does), so the full sweep measures them everywhere.
+FULL_LOW_PRECISION = ({"dtype": "bf16"}, {"dtype": "fp16"})
+QUICK = {"seq_len": 10, "batch": None, "input_size": None, "hidden": 32, "layers": 1,
+         "bidirectional": False, "packed": False, "dtype": "fp32"}
+QUICK_BATCHES = (1, 4)
+QUICK_VARIANTS = ({}, {"layers": 2, "bidirectional": True}, {"packed": True}, {"dtype": "bf16"})
+PACKED_MIN_FRACTION = 0.3  # packed lengths drawn in [0.3 T, T]: 30..100 for T = 100
+
+_TF32 = {"off": [False], "on": [True], "both": [False, True]}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark configuration; ``tf32`` is None where it does not apply (CPU, not fp32)."""
+    cell: str
+    seq_len: int
+    batch: int
+    input_size: int
+    hidden: int
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False
+    dtype: str = "fp32"
+    tf32: bool | None = None
+
+    def tokens(self, with_batch=True):
+        t = [self.cell, f"T{self.seq_len}"]
+        if with_batch:
+            t.append(f"B{self.batch}")
+        t += [f"I{self.input_size}", f"H{self.hidden}", f"L{self.layers}"]
+        if self.bidirectional:
+            t.append("bi")
+        if self.packed:
+            t.append("packed")
+        t.append(self.dtype)
+        if self.tf32 is not None:
+            t.append(f"tf32={'on' if self.tf32 else 'off'}")
+        return t
+
+    @property
+    def name(self):
+        return " ".join(self.tokens())
+
+    @property
+    def series(self):
+        """The name without the batch size: one line of the plot."""
+        return " ".join(self.tokens(with_batch=False))
+
+    @property
+    def id(self):
+        return "-".join(t.replace("=", "") for t in self.tokens())
+
+    @property
+    def precision(self):
+        return "fp32+tf32" if self.tf32 else self.dtype
+
+
+def packed_lengths(seq_len, batch, seed):
+    """Sorted (non-increasing) lengths in [0.3 T, T] with the longest = T, like fastrnns' varlen."""
+    rng = random.Random(seed)
+    low = max(1, round(PACKED_MIN_FRACTION * seq_len))
+    lengths = sorted((rng.randint(low, seq_len) for _ in range(batch)), reverse=True)
+    lengths[0] = seq_len
+    return lengths
+
+
+def _sweep(args):
+    """(base case, batch sizes, variants) of the sweep the options name."""
+    if args.quick:
+        return QUICK, QUICK_BATCHES, QUICK_VARIANTS
+    if args.sweep == "standard":
+        return STANDARD, (STANDARD["batch"],), ({},)
+    if args.sweep == "short":
+        return STANDARD, SHORT_BATCHES, ({},)
+    return STANDARD, SHORT_BATCHES, FULL_VARIANTS + FULL_LOW_PRECISION
+
+
+def _grid_cases(cell, grid, tf32, device):
+    """Every case of one cell over the grid (axis -> values), in the grid's axis order."""
+    for values in itertools.product(*grid.values()):
+        c = dict(zip(grid, values))
+        if c["input_size"] is None:
+            c["input_size"] = c["hidden"]
+        # TF32 only exists for fp32 on CUDA; elsewhere the name says nothing about it.
+        settings = _TF32[tf32] if device.type == "cuda" and c["dtype"] == "fp32" else [None]
+        for setting in settings:
+            yield Case(cell=cell, tf32=setting, **c)
+
+
+def build_cases(args, device):
+    """The list of cases picked by the parsed options, in run order."""
+    base, batches, variants = _sweep(args)
+    axes = {k: [v] for k, v in base.items()}
+    axes["batch"] = list(batches)
+    # An axis given on the command line replaces that axis in every variant.
+    overrides = {k: getattr(args, k) for k in axes if getattr(args, k) is not None}
+    cases = []
+    for variant in variants:
+        grid = {**axes, **{k: [v] for k, v in variant.items()}, **overrides}
+        for cell in args.cells:
+            cases += _grid_cases(cell, grid, args.tf32, device)
+    cases = list(dict.fromkeys(cases))  # variants overlap once overridden: dedupe, keep order
+    if args.filter:
+        pattern = re.compile(args.filter)
+        cases = [c for c in cases if pattern.search(c.name)]
+    return cases

@@ -1,0 +1,231 @@
+"""The timing loop: both sides of a case warmed up, then timed in pairs in random order; one
+case into rows; all cases with progress."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+from .cases import MODES, SUSPECT_REL_DIFF
+from .checks import SIDES
+from .pairing import Pair
+from .report import progress_line
+from .tf32 import set_tf32, tf32_flags
+
+# Per-device defaults of the timing loop: (warmup, min_repeats, max_repeats, budget_s).
+TIMING_DEFAULTS = {"cpu": (2, 3, 15, 2.0), "cuda": (3, 10, 100, 1.0), "quick": (1, 2, 3, 0.05)}
+
+
+def _timer(device):
+    """timed(run, i) -> ms: CUDA events (the GPU's time, not the launch), else perf_counter."""
+    if device.type == "cuda":
+        def timed(run, i):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            run(i)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def timed(run, i):
+            t0 = time.perf_counter_ns()
+            run(i)
+            return (time.perf_counter_ns() - t0) / 1e6
+    return timed
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """A collection inside a timed region would land on one side only."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _warm_up(runners, n_sets, warmup, budget):
+    """At least one run per side; up to ``warmup`` while within half the budget."""
+    t0 = time.perf_counter()
+    for w in range(max(1, warmup)):
+        if w > 0 and time.perf_counter() - t0 > budget / 2:
+            break
+        for side in SIDES:
+            prepare, run = runners[side]
+            prepare(w % n_sets)
+            run(w % n_sets)
+
+
+def _timed_pairs(runners, n_sets, timing, timed, rng):
+    """Pairs in an order drawn per pair, so that drift hits both sides alike."""
+    _, min_repeats, max_repeats, budget = timing
+    samples = {side: [] for side in SIDES}
+    t0, r = time.perf_counter(), 0
+    while r < max_repeats and (r < min_repeats or time.perf_counter() - t0 < budget):
+        order = list(SIDES)
+        rng.shuffle(order)
+        for side in order:
+            prepare, run = runners[side]
+            prepare(r % n_sets)
+            samples[side].append(timed(run, r % n_sets))
+        r += 1
+    return samples
+
+
+def measure(pair, mode, timing, rng):
+    """Warm both sides up, then time pairs in random order; returns {side: [ms, ...]}."""
+    runners = {side: pair.runner(side, mode) for side in SIDES}
+    n_sets = len(pair.sets)
+    pair.set_mode(mode)
+    with _gc_paused():
+        _warm_up(runners, n_sets, timing[0], timing[3])
+        if pair.device.type == "cuda":
+            torch.cuda.synchronize(pair.device)
+        samples = _timed_pairs(runners, n_sets, timing, _timer(pair.device), rng)
+        for prepare, _ in runners.values():
+            prepare(0)  # drop the grads of the last repeat
+    return samples
+
+
+def _finite_or_none(v):
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _timing_fields(samples):
+    t, f = statistics.median(samples["torch"]), statistics.median(samples["fused"])
+    return {"torch_ms": t, "fused_ms": f, "ratio": t / f if f > 0 else math.inf,
+            "repeats": len(samples["torch"]),
+            "torch_ms_samples": [round(v, 4) for v in samples["torch"]],
+            "fused_ms_samples": [round(v, 4) for v in samples["fused"]]}
+
+
+def _memory_fields(pair, row):
+    """fwd+bwd memory: CUDA's peak allocation, elsewhere the bytes saved for backward."""
+    if pair.device.type == "cuda":
+        return {"mem_metric": "cuda_peak_allocated",
+                "torch_mem_bytes": pair.cuda_peak_bytes("torch"),
+                "fused_mem_bytes": pair.cuda_peak_bytes("fused")}
+    return {"mem_metric": "saved_for_backward", "torch_mem_bytes": row["torch_saved_bytes"],
+            "fused_mem_bytes": row["fused_saved_bytes"]}
+
+
+def _measure_mode(pair, mode, timing, rng, row):
+    """Check, time and (fwd+bwd) weigh one mode into ``row``; an error goes into the row."""
+    try:
+        row.update(pair.check(mode))
+        row.update(_timing_fields(measure(pair, mode, timing, rng)))
+        if mode == "fwdbwd":
+            row.update(_memory_fields(pair, row))
+        row["suspect"] = not (row["rel_diff"] <= SUSPECT_REL_DIFF.get(pair.case.precision, 1e-4))
+    except Exception as e:  # noqa: BLE001 - reported in the row, the sweep goes on
+        if pair.device.type == "cuda" and isinstance(e, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        row["error"] = f"{type(e).__name__}: {e}"
+    for k in ("rel_diff", "rel_diff_out", "rel_diff_grad", "ratio"):
+        if k in row:  # JSON has no inf or NaN (written with allow_nan=False): null instead
+            row[k] = _finite_or_none(row[k])
+    return row
+
+
+def _case_fields(case, device):
+    return {"case": case.name, "series": case.series, **asdict(case), "device": device.type,
+            "tf32_flags": tf32_flags() if device.type == "cuda" else None}
+
+
+def _input_fields(pair):
+    extra = {"input_sets": len(pair.sets)}
+    if pair.lengths is not None:
+        extra.update(lengths_min=min(pair.lengths), lengths_max=max(pair.lengths),
+                     tokens=sum(pair.lengths))
+    else:
+        extra["tokens"] = pair.case.seq_len * pair.case.batch
+    return extra
+
+
+def run_case(case, device, timing, modes, candidate=None, seed=0, n_sets=None, rng=None):
+    """Measure one case in every mode; returns one row (a dict) per mode."""
+    rng = rng or random.Random(seed)
+    if case.tf32 is not None:
+        set_tf32(case.tf32)
+    base = _case_fields(case, device)
+    try:
+        pair = Pair(case, device, candidate=candidate, n_sets=n_sets, seed=seed)
+    except Exception as e:  # noqa: BLE001 - reported in the row, the sweep goes on
+        return [dict(base, mode=m, error=f"{type(e).__name__}: {e}") for m in modes]
+    extra = _input_fields(pair)
+    try:
+        return [_measure_mode(pair, mode, timing, rng, dict(base, mode=mode, **extra))
+                for mode in modes]
+    finally:
+        del pair
+        gc.collect()  # free this case's modules and inputs before the next case allocates
+
+
+def _tqdm_bar(total):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is an optional extra (fused_rnn[bench]): fall back to no bar
+        return None
+    return tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True, desc="bench")
+
+
+class _Progress:
+    """A line per finished run: above tqdm's bar on a terminal, else plain numbered lines
+    (a log, or no tqdm)."""
+
+    def __init__(self, total, enabled):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.bar = _tqdm_bar(total) if enabled and sys.stderr.isatty() else None
+
+    def start(self, case):
+        if self.bar is not None:
+            self.bar.set_postfix_str(case.name)
+
+    def finished(self, row):
+        line = progress_line(row)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"[{self.done}/{self.total}] {line}", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(cases, device, timing, modes=MODES, candidate=None, seed=0, n_sets=None,
+        progress=True, on_rows=None, rows=None):
+    """Run every case, appending to ``rows``; ``on_rows(rows)`` is called after each case."""
+    device = torch.device(device)
+    rng = random.Random(seed)
+    rows = [] if rows is None else rows
+    saved_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    bar = _Progress(len(cases) * len(modes), progress)
+    try:
+        for case in cases:
+            bar.start(case)
+            new = run_case(case, device, timing, modes, candidate=candidate, seed=seed,
+                           n_sets=n_sets, rng=rng)
+            rows += new
+            for row in new:
+                bar.finished(row)
+            if on_rows is not None:
+                on_rows(rows)
+    finally:
+        bar.close()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_tf32
+    return rows
