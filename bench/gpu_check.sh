@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one command for a lent GPU machine (DESIGN §6): build the extension with CUDA in place,
+# The one command for a lent GPU machine (docs/DESIGN.md §7): build the extension with CUDA in place,
 # print the build facts, run the CUDA tests, run compute-sanitizer (memcheck, racecheck,
-# initcheck) over bench/sanitize_cuda.py, and benchmark against torch.nn (cuDNN).
+# initcheck) over tests/sanitize_cuda.py, and benchmark against torch.nn (cuDNN).
 #
 #   bash bench/gpu_check.sh                  # every stage: build info test sanitize bench
 #   bash bench/gpu_check.sh build test       # some stages, in the order given
@@ -72,8 +72,7 @@ stage_info() {
 stage_test() {
   # On a machine without a usable GPU every test would skip and the stage "pass": refuse.
   $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA GPU')" &&
-    $PY -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py tests/test_rnn_cuda.py \
-    --junitxml "$LOG/junit-cuda.xml"
+    $PY -m pytest -q -rs -p no:cacheprovider -m cuda tests --junitxml "$LOG/junit-cuda.xml"
 }
 
 stage_sanitize() {
@@ -87,10 +86,10 @@ stage_sanitize() {
   # No caching allocator for memcheck/initcheck: every tensor its own allocation, so an access
   # past a tensor's end, or a read of memory nothing wrote, is seen.
   run_stage sanitize-memcheck env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-    "$san" --tool memcheck --error-exitcode 1 --leak-check no $PY bench/sanitize_cuda.py
-  run_stage sanitize-racecheck "$san" --tool racecheck --error-exitcode 1 $PY bench/sanitize_cuda.py
+    "$san" --tool memcheck --error-exitcode 1 --leak-check no $PY tests/sanitize_cuda.py
+  run_stage sanitize-racecheck "$san" --tool racecheck --error-exitcode 1 $PY tests/sanitize_cuda.py
   run_stage sanitize-initcheck env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-    "$san" --tool initcheck --error-exitcode 1 $PY bench/sanitize_cuda.py
+    "$san" --tool initcheck --error-exitcode 1 $PY tests/sanitize_cuda.py
 }
 
 # bench_run NAME ARGS...: one benchmark run against torch.nn (cuDNN), written to
@@ -108,7 +107,7 @@ bench_run() {
     true
 }
 
-# DESIGN §5's sweep (standard case; B, H, T, layers, bidirectional, packed; fp32 and, on
+# docs/DESIGN.md §5's sweep (standard case; B, H, T, layers, bidirectional, packed; fp32 and, on
 # CUDA, bf16 and fp16) with TF32 off on both sides: the fair full-precision comparison.
 stage_bench_full() { bench_run full --sweep full --tf32 off; }
 # The B sweep again with TF32 on on both sides (cuDNN's default).

@@ -1,11 +1,45 @@
+"""The one skip mechanism, and the fixtures the op and module tests share.
+
+A test that needs a GPU carries `@pytest.mark.cuda` (a device-generic check gets it from the
+`cuda` entry of checks.DEVICES); `@pytest.mark.cuda(gpus=2)` asks for two. Without them it is
+skipped here, and nowhere else: CPU tests never skip (docs/DESIGN.md §4)."""
 import pytest
 import torch
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        mark = item.get_closest_marker("cuda")
+        needed = mark.kwargs.get("gpus", 1) if mark is not None else 0
+        if gpus < needed:
+            reason = "needs a CUDA GPU" if needed == 1 else f"needs {needed} CUDA GPUs"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def full_precision_float32():
+    """float32 GEMMs in full precision on CUDA: TF32 off for cuBLAS (fused_rnn's GEMMs) and
+    cuDNN (torch.nn's RNN), as the float32 tolerances of docs/DESIGN.md §3 assume. No effect on the CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture
+def poison_buffers():
+    """Every buffer the ops allocate starts as NaN, so an element a kernel forgets to write
+    fails the comparison. The op test files use it for every test."""
+    from fused_rnn import _ops
+
+    _ops._C.testing.set_poison(True)
+    yield
+    _ops._C.testing.set_poison(False)
+
+
+@pytest.fixture
+def seeded():
+    """The global generator seeded: the module tests draw their inputs from it."""
+    torch.manual_seed(0)

@@ -1,8 +1,9 @@
-"""What the module tests share (test_rnn.py on the CPU, test_rnn_cuda.py on CUDA): the
-modes, a torch.nn and a fused module with the same weights, input and hx leaves, and one
-forward with the gradients, and the float64 truth. Each test file keeps its own sizes and
-layouts."""
+"""What the module tests share: the sizes each device runs, the modes and the grid of
+constructor options, a torch.nn and a fused module (or cell) with the same weights, input and
+hx leaves, one forward with its gradients, the float64 truth, and the comparison of two
+modules' outputs and gradients."""
 import copy
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,21 +12,45 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
 
+from checks import assert_close
+
 TORCH_CLASS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
 FUSED_CLASS = {"LSTM": fused_rnn.LSTM, "GRU": fused_rnn.GRU, "RNN_TANH": fused_rnn.RNN, "RNN_RELU": fused_rnn.RNN}
+# (mode, projected): projections exist for LSTM only.
+MODES = [("LSTM", False), ("LSTM", True), ("GRU", False), ("RNN_TANH", False), ("RNN_RELU", False)]
 MODE_IDS = ["LSTM", "LSTM-proj", "GRU", "RNN_TANH", "RNN_RELU"]
+LAYOUTS = ["padded", "unbatched", "packed_sorted", "packed_unsorted"]
+CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "tanh"}),
+         ("RNNCell", {"nonlinearity": "relu"})]
+CELL_IDS = ["LSTMCell", "GRUCell", "RNNCell-tanh", "RNNCell-relu"]
 
 
-def modes(proj_size):
-    """(mode, proj_size) pairs, ids MODE_IDS: projections exist for LSTM only."""
-    return [("LSTM", 0), ("LSTM", proj_size), ("GRU", 0), ("RNN_TANH", 0), ("RNN_RELU", 0)]
+@dataclass(frozen=True)
+class Sizes:
+    T: int  # steps
+    B: int  # batch
+    I: int  # input size
+    H: int  # hidden size
+    P: int  # LSTM's proj_size where projected
+    lengths: dict  # layout -> the sequence lengths of a packed layout
+
+    def proj_size(self, projected):
+        return self.P if projected else 0
 
 
-def over_grid(layouts, proj_size):
-    """Parametrizes a test over every mode and option of the modules: mode, proj_size,
+# The single-device tests run the CPU's sizes; CUDA's are whole vectors of units (H = 32).
+T, B, I, H, P = 5, 3, 4, 5, 3
+SIZES = {
+    "cpu": Sizes(T, B, I, H, P, {"packed_sorted": [5, 3, 2], "packed_unsorted": [3, 5, 2]}),
+    "cuda": Sizes(6, 4, 12, 32, 16, {"packed_sorted": [6, 5, 4, 1], "packed_unsorted": [4, 6, 1, 5]}),
+}
+
+
+def over_grid(layouts):
+    """Parametrizes a test over every mode and option of the modules: mode, projected,
     num_layers, bias, batch_first, bidirectional, layout and with_hx."""
     axes = [
-        pytest.mark.parametrize("mode,proj_size", modes(proj_size), ids=MODE_IDS),
+        pytest.mark.parametrize("mode,projected", MODES, ids=MODE_IDS),
         pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"]),
         pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"]),
         pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"]),
@@ -49,26 +74,38 @@ def module_kwargs(mode, proj_size=0, **kw):
     return kw
 
 
-def build_pair(mode, input_size, hidden_size, proj_size=0, dtype=torch.float64, device="cpu", **kw):
-    """torch.nn module and fused module holding the same weights (initialised on the CPU, so
-    both devices draw the same values for the same seed)."""
-    ref = TORCH_CLASS[mode](input_size, hidden_size, **module_kwargs(mode, proj_size, **kw))
-    fused = FUSED_CLASS[mode](input_size, hidden_size, **module_kwargs(mode, proj_size, **kw))
+def build_pair(mode, projected=False, dtype=torch.float64, device="cpu", **kw):
+    """torch.nn module and fused module of the device's sizes holding the same weights
+    (initialised on the CPU, so both devices draw the same values for the same seed)."""
+    s = SIZES[device]
+    ref = TORCH_CLASS[mode](s.I, s.H, **module_kwargs(mode, s.proj_size(projected), **kw))
+    fused = FUSED_CLASS[mode](s.I, s.H, **module_kwargs(mode, s.proj_size(projected), **kw))
     fused.load_state_dict(ref.state_dict())
     return ref.to(device, dtype), fused.to(device, dtype)
 
 
-def make_leaves(module, layout, steps, batch, dtype, device="cpu", with_hx=True):
-    """The input and the hx leaves ([h0] or [h0, c0]; [] without hx) for `module`; layout
-    "unbatched" drops the batch dimension, any other keeps it."""
+def build_cells(name, kwargs, device="cpu", **more):
+    """torch.nn cell and fused cell of the device's sizes holding the same weights."""
+    s = SIZES[device]
+    ref = getattr(nn, name)(s.I, s.H, **kwargs, **more)
+    fused = getattr(fused_rnn, name)(s.I, s.H, **kwargs, **more)
+    fused.load_state_dict(ref.state_dict())
+    return ref.to(device), fused.to(device)
+
+
+def make_leaves(module, layout, dtype, device="cpu", with_hx=True):
+    """The input and the hx leaves ([h0] or [h0, c0]; [] without hx) for `module`, of the
+    device's sizes; layout "unbatched" drops the batch dimension, any other keeps it."""
+    s = SIZES[device]
+
     def leaf(*shape):
         return torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
 
-    batch_shape = () if layout == "unbatched" else (batch,)
+    batch_shape = () if layout == "unbatched" else (s.B,)
     if layout == "unbatched":
-        x = leaf(steps, module.input_size)
+        x = leaf(s.T, module.input_size)
     else:
-        x = leaf(batch, steps, module.input_size) if module.batch_first else leaf(steps, batch, module.input_size)
+        x = leaf(s.B, s.T, module.input_size) if module.batch_first else leaf(s.T, s.B, module.input_size)
     if not with_hx:
         return x, []
     layers = module.num_layers * (2 if module.bidirectional else 1)
@@ -76,6 +113,11 @@ def make_leaves(module, layout, steps, batch, dtype, device="cpu", with_hx=True)
     if module.mode != "LSTM":
         return x, [h]
     return x, [h, leaf(layers, *batch_shape, module.hidden_size)]
+
+
+def packing(layout, device="cpu"):
+    """(lengths, enforce_sorted) of `layout` at the device's sizes; lengths None: not packed."""
+    return SIZES[device].lengths.get(layout), layout == "packed_sorted"
 
 
 def run(module, x, hx, lengths=None, enforce_sorted=True):
@@ -122,3 +164,51 @@ def float64_truth(ref, x, hx, dtype, grad_outputs, lengths=None, enforce_sorted=
 def leaf_names(module, hx):
     """Names of the leaves forward_and_grads differentiates by."""
     return ["input"] + [f"hx[{i}]" for i in range(len(hx))] + [n for n, _ in module.named_parameters()]
+
+
+def check_pair(ref, fused, layout, with_hx, dtype, device="cpu"):
+    """Outputs (a packed one with its indices), final states and the gradients of the input,
+    of hx and of every parameter of `fused` against `ref`, both run on the same fresh leaves:
+    the same device and dtype, values within checks.assert_close."""
+    x, hx = make_leaves(ref, layout, dtype, device, with_hx)
+    got, out_f = run(fused, x, hx, *packing(layout, device))
+    want, out_r = run(ref, x, hx, *packing(layout, device))
+    if isinstance(out_r, PackedSequence):
+        assert isinstance(out_f, PackedSequence)
+        assert torch.equal(out_f.batch_sizes, out_r.batch_sizes)
+        for name in ("sorted_indices", "unsorted_indices"):
+            a, b = getattr(out_f, name), getattr(out_r, name)
+            assert (a is None and b is None) or torch.equal(a, b), name
+    else:
+        assert not isinstance(out_f, PackedSequence)
+    grad_outputs = [torch.randn_like(t) for t in want]
+    grads_f = torch.autograd.grad(got, [x, *hx, *fused.parameters()], grad_outputs)
+    grads_r = torch.autograd.grad(want, [x, *hx, *ref.parameters()], grad_outputs)
+    names = ["output", "h_n", "c_n"][:len(want)] + [f"grad of {n}" for n in leaf_names(ref, hx)]
+    assert len(got) == len(want) and len(grads_f) == len(grads_r)
+    for name, a, b in zip(names, [*got, *grads_f], [*want, *grads_r]):
+        assert a.device == b.device and a.dtype == b.dtype == dtype, f"{name}: {a.dtype}, {b.dtype}"
+        assert_close(a, b, name)
+
+
+def check_cells(ref, fused, batched, with_hx, dtype, device="cpu"):
+    """The same for two cells: outputs and the gradients of input, hx and every parameter."""
+    s = SIZES[device]
+    batch = (s.B,) if batched else ()
+    x = torch.randn(*batch, s.I, device=device, dtype=dtype, requires_grad=True)
+    hx = []
+    if with_hx:
+        hx = [torch.randn(*batch, s.H, device=device, dtype=dtype, requires_grad=True)
+              for _ in range(2 if isinstance(ref, nn.LSTMCell) else 1)]
+    arg = None if not with_hx else (tuple(hx) if len(hx) == 2 else hx[0])
+    got, want = fused(x, arg), ref(x, arg)
+    got = list(got) if isinstance(got, tuple) else [got]
+    want = list(want) if isinstance(want, tuple) else [want]
+    assert len(got) == len(want)
+    grad_outputs = [torch.randn_like(t) for t in want]
+    grads_f = torch.autograd.grad(got, [x, *hx, *fused.parameters()], grad_outputs)
+    grads_r = torch.autograd.grad(want, [x, *hx, *ref.parameters()], grad_outputs)
+    names = ["cell output"] * len(want) + [f"grad of {n}" for n in leaf_names(ref, hx)]
+    for name, a, b in zip(names, [*got, *grads_f], [*want, *grads_r]):
+        assert a.device == b.device and a.dtype == b.dtype == dtype, f"{name}: {a.dtype}, {b.dtype}"
+        assert_close(a, b, name)

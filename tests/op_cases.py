@@ -1,18 +1,27 @@
-"""Random arguments for one layer of each cell, shared by the op tests (CPU and CUDA)."""
+"""Random arguments for one layer of each cell, shared by the op tests (every device) and
+tests/sanitize_cuda.py, and the comparison of a case with the float64 reference."""
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from fused_rnn import functional, reference
+from fused_rnn import _ops, functional, reference
+
+from checks import assert_close
 
 CELLS = ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"]
-GATES = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+# The op each cell runs through; its gate count comes from the C++ cell (_C.cells).
+OP = {"lstm": "lstm", "lstm_proj": "lstm", "gru": "gru", "rnn_tanh": "rnn", "rnn_relu": "rnn"}
+GATES = {cell: _ops.SPECS[op].gates for cell, op in OP.items()}
 LENGTHS = [5, 5, 3, 1]  # packed case: unequal lengths, with a tie
 LOW_PRECISION = [torch.float16, torch.bfloat16]
-# DESIGN §3: ‖out − ref‖ / ‖ref‖ against the float64 reference.
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+# Every cell x bias x padded/packed x forward/reverse, with its ids.
+GRID = list(itertools.product(CELLS, [True, False], [False, True], [False, True]))
+GRID_IDS = [f"{c}-{'bias' if b else 'nobias'}-{'packed' if p else 'padded'}-{'rev' if r else 'fwd'}"
+            for c, b, p, r in GRID]
 
 
 @dataclass
@@ -37,12 +46,9 @@ class Case:
 
     def op_args(self, need_workspace):
         """(forward op name, its arguments) of torch.ops.fused_rnn for this case."""
-        h, w = self.states, self.weights
-        if self.cell.startswith("lstm"):
-            return "lstm_forward", (self.input, self.batch_sizes, h[0], h[1], *w, self.reverse, need_workspace)
-        if self.cell == "gru":
-            return "gru_forward", (self.input, self.batch_sizes, h[0], *w, self.reverse, need_workspace)
-        return "rnn_forward", (self.input, self.batch_sizes, h[0], *w, self.cell[4:], self.reverse, need_workspace)
+        extras = [self.cell[4:]] if OP[self.cell] == "rnn" else []  # the nonlinearity
+        return f"{OP[self.cell]}_forward", (self.input, self.batch_sizes, *self.states, *self.weights, *extras,
+                                            self.reverse, need_workspace)
 
     def run(self, module):
         """(output, *final_states) through `module` (fused_rnn.functional or reference)."""
@@ -53,6 +59,11 @@ class Case:
         if self.cell == "gru":
             return module.gru(self.input, self.states[0], *self.weights, **kw)
         return module.rnn(self.input, self.states[0], *self.weights, nonlinearity=self.cell[4:], **kw)
+
+    def function(self, module=functional):
+        """The case as a function of its leaves, (output, *final states) through `module`: what
+        gradcheck, gradgradcheck and torch.compile take."""
+        return lambda *leaves: self.with_leaves(leaves).run(module)
 
 
 def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64, device="cpu",
@@ -102,11 +113,6 @@ def compare(case):
     return list(zip(fused_out, ref_out)), list(zip(fused_grads, ref_grads))
 
 
-def rel_error(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
 def nn_scaled(case):
     """Weights scaled to torch.nn's init size (std ~ 1/sqrt(H)): the conditioning of a real
     network. make_case's std 0.5 weights saturate the gates for H = 37, and in fp16/bf16 that
@@ -117,17 +123,15 @@ def nn_scaled(case):
     return Case(case.cell, case.input, case.batch_sizes, case.states, weights, case.reverse)
 
 
-def check_against_reference(case, dtype, check_grads=True):
-    """Outputs and every gradient of the case (on its device, in `dtype`) within TOLERANCE of
-    the float64 reference; gradients not checked are still required to be finite."""
+def check_against_reference(case, check_grads=True):
+    """Outputs and every gradient of the case (on its device, in its dtype) against the float64
+    reference, by checks.assert_close; gradients not checked are still required to be finite."""
     outputs, gradients = compare(case)
-    tol = TOLERANCE[dtype]
-    device = case.input.device
-    for i, (fused, ref) in enumerate(outputs):
-        assert fused.device == device and fused.dtype == dtype and fused.shape == ref.shape
-        assert rel_error(fused, ref) <= tol, f"output {i}: relative error {rel_error(fused, ref):.3g}"
-    for i, (fused, ref) in enumerate(gradients):
-        assert fused.device == device and fused.dtype == dtype and fused.shape == ref.shape
-        assert torch.isfinite(fused).all(), f"gradient {i} is not finite"
-        if check_grads:
-            assert rel_error(fused, ref) <= tol, f"gradient {i}: relative error {rel_error(fused, ref):.3g}"
+    device, dtype = case.input.device, case.input.dtype
+    named = [(f"output {i}", pair, True) for i, pair in enumerate(outputs)]
+    named += [(f"gradient {i}", pair, check_grads) for i, pair in enumerate(gradients)]
+    for what, (fused, ref), checked in named:
+        assert fused.device == device and fused.dtype == dtype, f"{what}: {fused.device}, {fused.dtype}"
+        assert torch.isfinite(fused).all(), f"{what} is not finite"
+        if checked:
+            assert_close(fused, ref, what)

@@ -1,6 +1,6 @@
 """The benchmark harness runs end to end at tiny sizes and writes what it promises.
 
-Speed is never asserted here (DESIGN §4): only that every row has finite times, a finite
+Speed is never asserted here (docs/DESIGN.md §4): only that every row has finite times, a finite
 ratio and a finite relative difference, and that the JSON states the environment.
 """
 import json

@@ -36,7 +36,7 @@ struct Math<at::vec::Vectorized<T>> {
 
 // Loads and stores of a vector at a pointer, with `count` < V::size() on a row's tail. V is
 // the vector the cell math runs on: Vectorized<T> for float and double; for bfloat16 and
-// float16 storage it is float (DESIGN §3: float32 inside the pointwise math), converted on
+// float16 storage it is float (docs/DESIGN.md §3: float32 inside the pointwise math), converted on
 // load and store.
 template <class T, bool kReduced = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>>
 struct VecIO {

@@ -1,7 +1,7 @@
 """Benchmark fused_rnn against torch.nn: ``python -m fused_rnn bench [options]``.
 
 Both sides run in the same process, on the same device, with the same weights (the fused
-module loads torch.nn's state_dict) and the same input tensors, following DESIGN.md §5:
+module loads torch.nn's state_dict) and the same input tensors, following docs/DESIGN.md §5:
 
 - every (case, mode) is warmed up on both sides, then timed in pairs whose order is drawn
   at random per pair, so slow drift (clocks, caches, other processes) hits both sides alike;

@@ -1,4 +1,4 @@
-"""The cases: the axes of a benchmark, the sweeps of DESIGN §5 and the cases the options pick."""
+"""The cases: the axes of a benchmark, the sweeps of docs/DESIGN.md §5 and the cases the options pick."""
 from __future__ import annotations
 
 import itertools
@@ -23,7 +23,7 @@ DTYPE_NAME = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16
 # Relative difference above which a row is flagged "!" (a flag only: nothing fails on it).
 SUSPECT_REL_DIFF = {"fp64": 1e-9, "fp32": 1e-4, "fp32+tf32": 2e-2, "fp16": 5e-2, "bf16": 1e-1}
 
-# The standard case (PyTorch's fastrnns default) and the sweeps of DESIGN §5.
+# The standard case (PyTorch's fastrnns default) and the sweeps of docs/DESIGN.md §5.
 STANDARD = {"seq_len": 100, "batch": 64, "input_size": None, "hidden": 512, "layers": 1,
             "bidirectional": False, "packed": False, "dtype": "fp32"}
 SHORT_BATCHES = (1, 8, 64, 256)

@@ -50,7 +50,7 @@ def _yes_no_both(text):
 def _what_to_run(g):
     g.add_argument("--sweep", choices=("standard", "short", "full"), default="short",
                    help="standard: T100 B64 I=H=512 L1 fp32 only; short: that with "
-                        f"B in {list(SHORT_BATCHES)}; full: the DESIGN §5 grid "
+                        f"B in {list(SHORT_BATCHES)}; full: the docs/DESIGN.md §5 grid "
                         "(H 256/1024, T 1000, 4 layers, bidirectional, packed, bf16, fp16, "
                         "each against the B sweep)")
     g.add_argument("--quick", action="store_true",

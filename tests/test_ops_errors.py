@@ -1,0 +1,67 @@
+"""Bad arguments to the ops, on every device: a clear error naming the argument, what was
+expected and what came, never a crash or a wrong answer."""
+import pytest
+import torch
+
+from fused_rnn import functional
+
+from checks import DEVICES
+from op_cases import GATES, make_case
+
+pytestmark = pytest.mark.usefixtures("poison_buffers")
+
+
+def _lstm(device, x, h0=None, c0=None, w_ih=None, w_hh=None, batch_sizes=None, H=5, I=3):
+    """functional.lstm with the given arguments (made on the CPU, moved to `device`; batch_sizes
+    stays on the CPU) and well-formed ones for the rest."""
+    B = x.size(1) if batch_sizes is None and x.dim() == 3 else (int(batch_sizes[0]) if batch_sizes is not None else 2)
+    gh = GATES["lstm"] * H
+    h0 = torch.randn(B, H) if h0 is None else h0
+    c0 = torch.randn(B, H) if c0 is None else c0
+    w_ih = torch.randn(gh, I) if w_ih is None else w_ih
+    w_hh = torch.randn(gh, H) if w_hh is None else w_hh
+    x, h0, c0, w_ih, w_hh = (t.to(device) for t in (x, h0, c0, w_ih, w_hh))
+    return functional.lstm(x, (h0, c0), w_ih, w_hh, batch_sizes=batch_sizes)
+
+
+def _complex_lstm(device):
+    gh = GATES["lstm"] * 5
+    x, w_ih, w_hh = (torch.randn(*shape, dtype=torch.complex64, device=device)
+                     for shape in [(5, 2, 3), (gh, 3), (gh, 5)])
+    return functional.lstm(x, None, w_ih, w_hh)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: _lstm(d, torch.randn(5, 2, 3, 1)), "expected input to be 3-D"),
+        (lambda d: _lstm(d, torch.randn(5, 3)), "expected input to be 3-D"),
+        (lambda d: _lstm(d, torch.randn(0, 2, 3)), "T = 0"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 4)), "expected weight_ih of shape"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 3), h0=torch.randn(3, 5)), "expected h0 of shape"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 3), c0=torch.randn(2, 4)), "expected c0 of shape"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 3), w_hh=torch.randn(GATES["lstm"] * 5, 4)),
+         "expected weight_hh of shape"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 3), w_hh=torch.randn(7, 5)), "expected weight_hh to be 2-D"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 3), h0=torch.randn(2, 5, dtype=torch.float64)),
+         "expected h0 to have dtype"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 3, dtype=torch.float64)), "expected weight_ih to have dtype"),
+        (lambda d: _lstm(d, torch.randn(6, 3), batch_sizes=torch.tensor([2, 3, 1])), "non-increasing"),
+        (lambda d: _lstm(d, torch.randn(7, 3), batch_sizes=torch.tensor([3, 2, 1])), "sum to 6"),
+        (lambda d: _lstm(d, torch.randn(6, 3), batch_sizes=torch.tensor([3, 3, 0])), "positive"),
+        (lambda d: _lstm(d, torch.randn(6, 3), batch_sizes=torch.tensor([3.0, 2.0, 1.0])), "int64 CPU"),
+        (lambda d: _complex_lstm(d), "floating-point input, but got ComplexFloat"),
+        (lambda d: _lstm(d, torch.randint(0, 3, (5, 2, 3))), "floating-point input"),
+    ],
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_raises_clear_error(device, make, message):
+    with pytest.raises(RuntimeError, match=message):
+        make(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_nonlinearity(device):
+    case = make_case("rnn_tanh", device=device)
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
+        functional.rnn(case.input, case.states[0], *case.weights, nonlinearity="sigmoid")
