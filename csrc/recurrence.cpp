@@ -5,6 +5,7 @@
 #include <c10/util/accumulate.h>
 
 #include <array>
+#include <utility>
 
 namespace fused_rnn {
 
@@ -59,13 +60,11 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
 
 }  // namespace
 
-Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Tensor& input,
-                       const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0, const LayerWeights& w,
-                       std::vector<StepRows>* steps) {
+namespace {
+
+void check_input_rank(const char* op, const Tensor& input, bool packed) {
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": expected a floating-point input, but got ",
               input.scalar_type());
-  const bool packed = batch_sizes.has_value();
-  Sizes s{};
   if (packed) {
     TORCH_CHECK(input.dim() == 2, op,
                 ": expected packed input (with batch_sizes) to be 2-D [rows, input_size], but got ", input.dim(),
@@ -76,56 +75,73 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
                 input.dim(), "-D input of shape ", input.sizes());
     TORCH_CHECK(input.size(0) > 0, op, ": expected input to have at least one time step, but got T = 0");
   }
-  s.input = input.size(-1);
+}
+
+// Checks the weights against the input and each other; sets s.input, s.hidden and s.state.
+void check_weights(const char* op, int gates, bool has_cell_state, const Tensor& input, const LayerWeights& w,
+                   Sizes* s) {
+  s->input = input.size(-1);
   TORCH_CHECK(w.w_hh.dim() == 2 && w.w_hh.size(0) % gates == 0 && w.w_hh.size(0) > 0, op,
               ": expected weight_hh to be 2-D [", gates, " * hidden_size, state_size], but got shape ", w.w_hh.sizes());
-  s.hidden = w.w_hh.size(0) / gates;
-  s.state = w.w_hh.size(1);
-  const int64_t gh = gates * s.hidden;
+  s->hidden = w.w_hh.size(0) / gates;
+  s->state = w.w_hh.size(1);
+  const int64_t gh = gates * s->hidden;
   check_same(op, "weight_ih", w.w_ih, input);
   check_same(op, "weight_hh", w.w_hh, input);
-  check_shape(op, "weight_ih", w.w_ih, {gh, s.input});
-  if (w.b_ih) {
-    check_same(op, "bias_ih", *w.b_ih, input);
-    check_shape(op, "bias_ih", *w.b_ih, {gh});
-  }
-  if (w.b_hh) {
-    check_same(op, "bias_hh", *w.b_hh, input);
-    check_shape(op, "bias_hh", *w.b_hh, {gh});
+  check_shape(op, "weight_ih", w.w_ih, {gh, s->input});
+  for (const auto& [name, bias] : {std::pair{"bias_ih", &w.b_ih}, std::pair{"bias_hh", &w.b_hh}}) {
+    if (!bias->has_value()) continue;
+    check_same(op, name, **bias, input);
+    check_shape(op, name, **bias, {gh});
   }
   if (w.w_hr) {
     TORCH_CHECK(has_cell_state, op, ": weight_hr (projection) is only supported by lstm");
     check_same(op, "weight_hr", *w.w_hr, input);
-    check_shape(op, "weight_hr", *w.w_hr, {s.state, s.hidden});
+    check_shape(op, "weight_hr", *w.w_hr, {s->state, s->hidden});
   } else {
-    TORCH_CHECK(s.state == s.hidden, op, ": expected weight_hh of shape [", gh, ", ", s.hidden,
+    TORCH_CHECK(s->state == s->hidden, op, ": expected weight_hh of shape [", gh, ", ", s->hidden,
                 "] (no projection), but got ", w.w_hh.sizes());
   }
+}
 
-  steps->clear();
-  if (packed) {
-    const Tensor& bs = *batch_sizes;
-    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, op,
-                ": expected batch_sizes to be a 1-D int64 CPU tensor, but got a ", bs.dim(), "-D ", bs.scalar_type(),
-                " tensor on ", bs.device());
-    TORCH_CHECK(bs.numel() > 0, op, ": expected batch_sizes to have at least one time step, but got none");
-    const Tensor bsc = bs.contiguous();
-    const int64_t* b = bsc.data_ptr<int64_t>();
-    int64_t offset = 0;
-    for (int64_t t = 0; t < bs.numel(); ++t) {
-      TORCH_CHECK(b[t] > 0, op, ": expected batch_sizes to be positive, but batch_sizes[", t, "] = ", b[t]);
-      TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op, ": expected batch_sizes to be non-increasing, but batch_sizes[", t,
-                  "] = ", b[t], " > batch_sizes[", t - 1, "] = ", b[t - 1]);
-      steps->push_back({offset, b[t]});
-      offset += b[t];
-    }
-    TORCH_CHECK(offset == input.size(0), op, ": batch_sizes sum to ", offset, " but the packed input has ",
-                input.size(0), " rows");
-    s.steps = bs.numel();
-    s.batch = b[0];
+// The rows of every step of packed input, in time order; sets s.steps and s.batch.
+std::vector<StepRows> packed_steps(const char* op, const Tensor& input, const Tensor& bs, Sizes* s) {
+  TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, op,
+              ": expected batch_sizes to be a 1-D int64 CPU tensor, but got a ", bs.dim(), "-D ", bs.scalar_type(),
+              " tensor on ", bs.device());
+  TORCH_CHECK(bs.numel() > 0, op, ": expected batch_sizes to have at least one time step, but got none");
+  const Tensor bsc = bs.contiguous();
+  const int64_t* b = bsc.data_ptr<int64_t>();
+  std::vector<StepRows> steps;
+  int64_t offset = 0;
+  for (int64_t t = 0; t < bs.numel(); ++t) {
+    TORCH_CHECK(b[t] > 0, op, ": expected batch_sizes to be positive, but batch_sizes[", t, "] = ", b[t]);
+    TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op, ": expected batch_sizes to be non-increasing, but batch_sizes[", t,
+                "] = ", b[t], " > batch_sizes[", t - 1, "] = ", b[t - 1]);
+    steps.push_back({offset, b[t]});
+    offset += b[t];
+  }
+  TORCH_CHECK(offset == input.size(0), op, ": batch_sizes sum to ", offset, " but the packed input has ", input.size(0),
+              " rows");
+  s->steps = bs.numel();
+  s->batch = b[0];
+  return steps;
+}
+
+}  // namespace
+
+Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Tensor& input,
+                       const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0, const LayerWeights& w,
+                       std::vector<StepRows>* steps) {
+  Sizes s{};
+  check_input_rank(op, input, batch_sizes.has_value());
+  check_weights(op, gates, has_cell_state, input, w, &s);
+  if (batch_sizes.has_value()) {
+    *steps = packed_steps(op, input, *batch_sizes, &s);
   } else {
     s.steps = input.size(0);
     s.batch = input.size(1);
+    steps->clear();
     for (int64_t t = 0; t < s.steps; ++t) steps->push_back({t * s.batch, s.batch});
   }
   check_same(op, "h0", h0, input);

@@ -139,22 +139,14 @@ class PackedWeight {
   void row_block(int64_t rows, const T* a, int64_t lda, const T* w, T* o, int64_t ldo, int64_t p0, int64_t p1,
                  const Depth& d) const {
     switch (rows) {
-      case 1:
-        return panels<1>(a, lda, w, o, ldo, p0, p1, d);
-      case 2:
-        return panels<2>(a, lda, w, o, ldo, p0, p1, d);
-      case 3:
-        return panels<3>(a, lda, w, o, ldo, p0, p1, d);
-      case 4:
-        return panels<4>(a, lda, w, o, ldo, p0, p1, d);
-      case 5:
-        return panels<5>(a, lda, w, o, ldo, p0, p1, d);
-      case 6:
-        return panels<6>(a, lda, w, o, ldo, p0, p1, d);
-      case 7:
-        return panels<7>(a, lda, w, o, ldo, p0, p1, d);
-      default:
-        return panels<8>(a, lda, w, o, ldo, p0, p1, d);
+      case 1: return panels<1>(a, lda, w, o, ldo, p0, p1, d);
+      case 2: return panels<2>(a, lda, w, o, ldo, p0, p1, d);
+      case 3: return panels<3>(a, lda, w, o, ldo, p0, p1, d);
+      case 4: return panels<4>(a, lda, w, o, ldo, p0, p1, d);
+      case 5: return panels<5>(a, lda, w, o, ldo, p0, p1, d);
+      case 6: return panels<6>(a, lda, w, o, ldo, p0, p1, d);
+      case 7: return panels<7>(a, lda, w, o, ldo, p0, p1, d);
+      default: return panels<8>(a, lda, w, o, ldo, p0, p1, d);
     }
   }
 

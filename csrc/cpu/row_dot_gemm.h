@@ -36,16 +36,11 @@ class RowDotGemm {
     // Split W's rows over the threads when each gets about 16k multiply-adds or more.
     const int64_t grain = std::max<int64_t>(kWRows, 16384 / std::max<int64_t>(1, x.m * x.k));
     switch (x.m) {
-      case 0:
-        return;
-      case 1:
-        return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<1>(x, j0, j1); });
-      case 2:
-        return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<2>(x, j0, j1); });
-      case 3:
-        return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<3>(x, j0, j1); });
-      default:
-        return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<4>(x, j0, j1); });
+      case 0: return;
+      case 1: return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<1>(x, j0, j1); });
+      case 2: return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<2>(x, j0, j1); });
+      case 3: return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<3>(x, j0, j1); });
+      default: return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<4>(x, j0, j1); });
     }
   }
 
