@@ -28,8 +28,8 @@ $(DEPS): Makefile
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  else $(PYTHON) -m venv $(VENV); fi; fi
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
-	@$(VPY) -c "import pybind11, ninja, pytest, pytest_benchmark, tqdm, matplotlib, setuptools, wheel" 2>/dev/null || \
-	  $(VPY) -m pip install -q pybind11 ninja pytest pytest-benchmark tqdm matplotlib setuptools wheel
+	@$(VPY) -c "import pybind11, ninja, pytest, pytest_benchmark, packaging, tqdm, matplotlib, setuptools, wheel" 2>/dev/null || \
+	  $(VPY) -m pip install -q pybind11 ninja pytest pytest-benchmark packaging tqdm matplotlib setuptools wheel
 	@[ -x $(VENV)/bin/ruff ] && [ -x $(VENV)/bin/clang-format ] || \
 	  $(VPY) -m pip install -q ruff==0.17.5 clang-format==23.1.3
 	@touch $@
