@@ -7,11 +7,11 @@ reference every kernel is tested against (``fused_rnn.reference``).
 __version__ = "0.1.0"
 
 # _ops loads the compiled extension and registers the ops (functional and rnn use them).
-from . import _ops, functional, reference
+from . import _ops, functional, reference, tbptt
 from .convert import to_fused, to_torch
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["functional", "reference", "__version__",
+__all__ = ["functional", "reference", "tbptt", "__version__",
            "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "to_fused", "to_torch",
            "cpu_scratch_bytes", "release_cpu_scratch"]
 

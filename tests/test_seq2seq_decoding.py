@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fused_rnn.seq2seq import Seq2Seq
-from fused_rnn.seq2seq.search import constrained_log_probs
+from fused_rnn.seq2seq.search import StepRules
 
 PAD, BOS, EOS = 0, 1, 2
 SRC_V = 9
@@ -245,9 +245,8 @@ def test_sampling_is_reproducible_with_a_seed():
 def _step_log_probs(m, src, lengths, tgt, temperature, max_len):
     """The constrained step distributions a decode of ``tgt`` saw, by teacher forcing."""
     logits = m(src, lengths, tgt).logits
-    return [constrained_log_probs(logits[:, t], t, temperature=temperature, eos_id=EOS,
-                                  blocked_ids=(PAD, BOS), min_len=0, max_len=max_len)
-            for t in range(tgt.shape[1])]
+    rules = StepRules(eos_id=EOS, blocked_ids=(PAD, BOS), temperature=temperature)
+    return [rules.log_probs(logits[:, t], tgt[:, :t], max_len) for t in range(tgt.shape[1])]
 
 
 def test_top_k_and_top_p_stay_inside_their_sets():

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .decoder import Decoder
+from .decoding import DecodeOptions, decode, max_len_per_row
 from .encoder import Encoder, check_lengths
-from .search import Generation, beam_search, check_options, greedy_or_sample
+from .search import Generation
 
 
 @dataclass
@@ -85,56 +86,47 @@ class Seq2Seq(nn.Module):
 
     @torch.no_grad()
     def generate(self, src: Tensor, src_lengths, strategy: str = "greedy", *,
-                 max_len: int | Tensor | None = None, min_len: int = 0, beam_size: int = 4,
-                 n_best: int = 1, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, length_penalty: float = 1.0,
+                 max_len: int | tuple[float, float] | Tensor | None = None, min_len: int = 0,
+                 beam_size: int = 4, n_best: int = 1, num_return_sequences: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 length_penalty: float | tuple[str, float] = 1.0, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0, coverage_penalty: float = 0.0,
                  generator: torch.Generator | None = None) -> Generation:
         """Decode every source of the batch; see :mod:`fused_rnn.seq2seq.search`.
 
         ``strategy``: ``"greedy"``, ``"sample"`` (``temperature``, ``top_k``, ``top_p``,
-        ``n_best`` draws per source) or ``"beam"`` (``beam_size``, ``n_best`` <= beam_size).
-        ``max_len``: most tokens before EOS -- an int, a ``[B]`` tensor, or None for
-        ``2 * src_length + 10`` per source.  ``min_len``: fewest tokens before EOS.
+        ``n_best`` independent draws per source) or ``"beam"`` (``beam_size``, ``n_best`` <=
+        beam_size).  ``num_return_sequences``: Hugging Face's name for ``n_best`` (give one).
+        ``max_len``: most tokens before EOS -- an int, a ``[B]`` tensor, a pair ``(a, b)`` for
+        ``floor(a * src_length + b)`` per source, or None for ``(2, 10)``.  ``min_len``: fewest
+        tokens before EOS.
+        ``length_penalty``: ``p`` ranks by ``score / length ** p``; ``("wu", alpha)`` by
+        GNMT's ``score / ((5 + length) / 6) ** alpha``.  ``repetition_penalty``: Hugging
+        Face's (> 1 discourages tokens already emitted; 1: none).  ``no_repeat_ngram_size``:
+        n > 0 never emits a token that would repeat an n-gram of the hypothesis.
+        ``coverage_penalty``: GNMT's beta (beam search with attention; 0: none).  The formulas
+        are in :mod:`fused_rnn.seq2seq.penalties`.
         Returns a :class:`Generation` (tokens, lengths, scores, normalized scores, attention),
         hypotheses of each source best first.
         """
-        check_options(strategy, beam_size, n_best, temperature, top_k, top_p, min_len,
-                      length_penalty)
-        lengths = check_lengths(src_lengths, src.shape[0], src.shape[1])
-        max_len_t = self._max_len(max_len, lengths, src.device)
-        if int(max_len_t.min()) < min_len:
-            raise ValueError(f"max_len: expected >= min_len ({min_len}) for every source, "
-                             f"got {int(max_len_t.min())}")
+        if num_return_sequences is not None:
+            if n_best not in (1, num_return_sequences):
+                raise ValueError(f"num_return_sequences: expected n_best left at 1 or equal to it "
+                                 f"(they name the same thing), got {num_return_sequences!r} "
+                                 f"with n_best={n_best}")
+            n_best = num_return_sequences
+        options = DecodeOptions(strategy, beam_size, n_best, temperature, top_k, top_p, min_len,
+                                length_penalty, repetition_penalty, no_repeat_ngram_size,
+                                coverage_penalty)
+        lengths = check_lengths(src_lengths, src.shape[0], src.shape[1]).to(src.device)
+        max_len_t = max_len_per_row(max_len, lengths)
         was_training = self.training
         self.eval()
         try:
             state, memory = self.decoder.start(self.encoder(src, lengths))
-            common = dict(bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
-                          blocked_ids=(self.pad_id, self.bos_id), min_len=min_len,
-                          temperature=temperature, length_penalty=length_penalty)
-            if strategy == "beam":
-                return beam_search(self.decoder, state, memory, max_len_t, beam_size=beam_size,
-                                   n_best=n_best, **common)
-            return greedy_or_sample(self.decoder, state, memory, max_len_t,
-                                    sample=strategy == "sample", n=n_best, top_k=top_k,
-                                    top_p=top_p, generator=generator, **common)
+            return decode(self.decoder, state, memory, max_len_t, options, bos_id=self.bos_id,
+                          eos_id=self.eos_id, pad_id=self.pad_id,
+                          blocked_ids=(self.pad_id, self.bos_id), src_lengths=lengths,
+                          generator=generator)
         finally:
             self.train(was_training)
-
-    @staticmethod
-    def _max_len(max_len, lengths: Tensor, device) -> Tensor:
-        if max_len is None:
-            return (2 * lengths + 10).to(device=device, dtype=torch.long)
-        if isinstance(max_len, Tensor):
-            if max_len.shape != lengths.shape or max_len.dtype.is_floating_point:
-                raise ValueError(f"max_len: expected an int or an integer tensor of shape "
-                                 f"{tuple(lengths.shape)}, got {max_len.dtype} "
-                                 f"{tuple(max_len.shape)}")
-            out = max_len.to(device=device, dtype=torch.long)
-        elif isinstance(max_len, int) and not isinstance(max_len, bool):
-            out = torch.full(lengths.shape, max_len, dtype=torch.long, device=device)
-        else:
-            raise ValueError(f"max_len: expected None, an int or a tensor, got {max_len!r}")
-        if int(out.min()) < 0:
-            raise ValueError(f"max_len: expected >= 0, got {int(out.min())}")
-        return out
