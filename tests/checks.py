@@ -1,5 +1,11 @@
-"""What the op and module tests share: the devices a check runs on, and the one comparison
-against the truth (the float64 reference, or torch.nn) with the tolerances of docs/DESIGN.md §3."""
+"""What the tests share: the devices a check runs on, the one comparison against the truth (the
+float64 reference, or torch.nn) with the tolerances of docs/DESIGN.md §3, and running an example."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +46,13 @@ def assert_close(actual, expected, what="", tol=None):
     tol = TOLERANCE[actual.dtype] if tol is None else tol
     err = rel_error(actual, expected)
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+
+
+def run_example(name, out_dir):
+    """`examples/<name>.py --quick --out out_dir` as a user runs it, from the repository root
+    in a child process; asserts it exits 0 and returns the results.json it wrote."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, f"examples/{name}.py", "--quick", "--out", str(out_dir)], cwd=root,
+                          env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads((Path(out_dir) / "results.json").read_text())

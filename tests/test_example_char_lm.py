@@ -1,25 +1,17 @@
 """examples/char_lm.py --quick, run as a user runs it: it exits 0, writes its PNG and
 results.json, and learns -- held-out bits per character below the threshold the example
 states, far below the uniform distribution's log2(V)."""
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from checks import run_example
+
 THRESHOLD = 2.6     # the example's docstring states it; results.json repeats it
 STRATEGIES = ["greedy", "sample T=0.5", "sample T=1.0", "top-k 5", "beam 8"]
 
 
 def test_char_lm_quick_learns(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "examples/char_lm.py", "--quick", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = run_example("char_lm", tmp_path)
     assert (tmp_path / "char_lm_bpc.png").stat().st_size > 0
-    results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick_bpc_threshold"] == THRESHOLD
     assert results["uniform_bpc"] == math.log2(results["vocabulary"])
     assert len(results["train_bpc"]) == len(results["heldout_bpc"]) == results["epochs"]

@@ -2,28 +2,20 @@
 results.json, measures ||dL/dh_t|| at every step (shrinking towards the first step before
 training), and every gradient-clipped model (RNN-tanh, LSTM, GRU) learns to recall the first
 of 10 tokens to the threshold the example states, far above chance (0.25)."""
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from checks import run_example
+
 THRESHOLD = 0.9     # the example's docstring states it; results.json repeats it
 CELLS = ("rnn_tanh", "lstm", "gru")
 
 
 @pytest.mark.slow   # a training run of about 30 s
 def test_gradients_quick_measures_and_learns(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "examples/gradients.py", "--quick", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = run_example("gradients", tmp_path)
     assert (tmp_path / "gradients.png").stat().st_size > 0
-    results = json.loads((tmp_path / "results.json").read_text())
     assert results["mode"] == "quick" and results["lengths"] == [10]
     assert results["quick_threshold"] == THRESHOLD
     assert results["chance"] == 0.25
