@@ -125,7 +125,8 @@ LayerSetup setup_layer(const Tensor& input, const OptTensor& batch_sizes, const 
   LayerSetup l;
   l.s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input, batch_sizes, h0, c0, w, &l.steps);
   l.input = input.contiguous();
-  l.rows = l.input.numel() / l.s.input;
+  // Not numel / input_size: input_size may be 0 (torch.nn accepts it; the output comes from the biases).
+  l.rows = l.input.dim() == 2 ? l.input.size(0) : l.input.size(0) * l.input.size(1);
   l.proj = w.w_hr.has_value();
   l.layout = WorkspaceLayout::make(Cell::kWorkspace, l.s.hidden, l.s.state, l.proj);
   return l;
@@ -305,8 +306,19 @@ BackwardBuffers backward_buffers(const LayerSetup& l, const Tensor& grad_output,
   TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == l.layout.width, Cell::kName,
               "_backward: workspace has shape ", ws.sizes(), " but [", N, ", ", l.layout.width,
               "] was expected; was the forward run with need_workspace=True on the same arguments?");
-  TORCH_CHECK(grad_output.numel() == N * P, Cell::kName, "_backward: grad_output has ", grad_output.numel(),
-              " elements, expected ", N * P);
+  // The step blocks index these with the full row stride: a wrong shape would be a wrong address.
+  const auto check_grad = [&](const char* name, const Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.sizes() == shape, Cell::kName, "_backward: expected ", name, " of shape ", shape, ", but got ",
+                t.sizes());
+    TORCH_CHECK(t.scalar_type() == l.input.scalar_type() && t.device() == l.input.device(), Cell::kName,
+                "_backward: expected ", name, " to have the dtype and device of input (", l.input.scalar_type(), ", ",
+                l.input.device(), "), but got ", t.scalar_type(), " on ", t.device());
+  };
+  std::vector<int64_t> output_shape = l.input.sizes().vec();
+  output_shape.back() = P;
+  check_grad("grad_output", grad_output, output_shape);
+  check_grad("grad_h_n", grad_h_n, {l.s.batch, P});
+  if (Cell::kHasCellState) check_grad("grad_c_n", *grad_c_n, {l.s.batch, H});
   const auto opts = l.input.options();
   BackwardBuffers b;
   b.hidden = H, b.state = P, b.gates = G, b.layout = l.layout, b.proj = l.proj;

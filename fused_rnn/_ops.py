@@ -1,5 +1,7 @@
 """Loads the compiled extension and gives its ops (torch.ops.fused_rnn.*) fake kernels for
 torch.compile and autograd formulas (the backward ops; double backward via the reference)."""
+import math
+
 import torch
 
 try:
@@ -77,7 +79,7 @@ def _register(spec):
         proj = spec.cell == "lstm" and weights[4] is not None
         output = input.new_empty((*input.shape[:-1], state))
         if need_workspace:
-            rows = input.numel() // input.shape[-1]
+            rows = math.prod(input.shape[:-1])  # not numel // input_size: that may be 0
             workspace = input.new_empty((rows, spec.workspace_width(hidden, state, proj)))
         else:
             workspace = input.new_empty((0,))
@@ -113,11 +115,20 @@ def _register(spec):
         differentiable = [input, *rest]  # every tensor argument but batch_sizes
         if torch.is_grad_enabled():
             # create_graph=True: differentiate the reference so the result is differentiable.
-            wanted = [t for t in differentiable if t is not None and t.requires_grad]
+            # A tensor passed in two slots (tied weights) gets its whole gradient, which covers
+            # both uses, in its first slot only: autograd adds up what the slots return.
+            wanted = []
+            for t in differentiable:
+                if t is not None and t.requires_grad and not any(t is w for w in wanted):
+                    wanted.append(t)
             with torch.enable_grad():
                 outs = _reference_call(spec, tensors, ctx.extras, ctx.reverse)
-            found = iter(torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True))
-            result = [next(found) if t is not None and t.requires_grad else None for t in differentiable]
+            found = torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True)
+            result, given = [], set()
+            for t in differentiable:
+                index = next((i for i, w in enumerate(wanted) if t is w), None)
+                result.append(None if index is None or index in given else found[index])
+                given.add(index)
         else:
             if not ctx.need_workspace:
                 raise RuntimeError(

@@ -67,3 +67,15 @@ def test_cell_state_dtype_promotion():
         assert a.dtype == b.dtype == torch.float64, name
         assert_close(a, b, name)
 
+
+
+@pytest.mark.parametrize("name,kwargs", CELLS, ids=CELL_IDS)
+def test_cell_input_size_zero(name, kwargs):
+    """input_size = 0: torch.nn computes the step from hx and the biases; fused_rnn once died
+    with SIGFPE (a division by the input size in the layer setup)."""
+    ref = getattr(nn, name)(0, H, **kwargs).double()
+    fused = getattr(fused_rnn, name)(0, H, **kwargs).double()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(B, 0, dtype=torch.float64)
+    for got, want in zip(*(out if isinstance(out, tuple) else (out,) for out in (fused(x), ref(x)))):
+        assert_close(got, want, "output")

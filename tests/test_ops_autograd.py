@@ -4,7 +4,7 @@ alone; on CUDA, bias gradients without atomics."""
 import pytest
 import torch
 
-from fused_rnn import functional
+from fused_rnn import functional, reference
 
 from checks import DEVICES
 from op_cases import CELLS, GRID, GRID_IDS, make_case, nn_scaled
@@ -86,3 +86,22 @@ def test_inputs_are_not_modified(device):
     sum(o.sum() for o in outs).backward()
     for t, b in zip(case.leaves(), before):
         assert torch.equal(t.detach(), b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tied_weights_double_backward(device):
+    """One tensor in two slots (weight_ih is weight_hh, bias_ih is bias_hh): with create_graph
+    the gradient goes through the reference and must count each use once, as the reference
+    itself does (it was doubled)."""
+    g = torch.Generator().manual_seed(0)
+    x, h0, c0 = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in [(4, 3, 5), (3, 5), (3, 5)])
+    w = (torch.randn(20, 5, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    b = (torch.randn(20, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+
+    def weight_grads(module, dev):
+        wd, bd = w.to(dev), b.to(dev)
+        out, _ = module.lstm(x.to(dev), (h0.to(dev), c0.to(dev)), wd, wd, bd, bd)
+        return torch.autograd.grad(out.sum(), [wd, bd], create_graph=True)
+
+    for got, want in zip(weight_grads(functional, device), weight_grads(reference, "cpu")):
+        torch.testing.assert_close(got.detach().cpu(), want.detach(), rtol=1e-10, atol=1e-10)

@@ -65,3 +65,32 @@ def test_bad_nonlinearity(device):
     case = make_case("rnn_tanh", device=device)
     with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
         functional.rnn(case.input, case.states[0], *case.weights, nonlinearity="sigmoid")
+
+
+def _backward_args(case, grad_h_n=None, grad_c_n=None):
+    """(backward op, its arguments) after the forward op of `case` with need_workspace=True:
+    grads for every output, with grad_h_n / grad_c_n replaced where given."""
+    name, args = case.op_args(need_workspace=True)
+    outputs = getattr(torch.ops.fused_rnn, name)(*args)
+    grads = [torch.randn_like(o) for o in outputs[:-1]]
+    if grad_h_n is not None:
+        grads[1] = grad_h_n
+    if grad_c_n is not None:
+        grads[2] = grad_c_n
+    forward_args = list(args[:-1])  # without need_workspace
+    reverse = forward_args.pop()
+    backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
+    return backward, (*grads, *forward_args, outputs[-1], reverse)
+
+
+@pytest.mark.parametrize("rows", [2, 6], ids=["fewer_rows", "more_rows"])
+@pytest.mark.parametrize("cell,which", [("lstm", "grad_h_n"), ("lstm", "grad_c_n"), ("gru", "grad_h_n"),
+                                        ("rnn_tanh", "grad_h_n")])
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_checks_final_state_grads(device, cell, which, rows):
+    """The backward ops index grad_h_n / grad_c_n with the full batch: a smaller one was memory
+    corruption, a larger one a gradient of the wrong shape. Now a clear error (B = 4 here)."""
+    case = make_case(cell, device=device, B=4, requires_grad=False)
+    op, args = _backward_args(case, **{which: torch.randn(rows, 5, dtype=torch.float64, device=device)})
+    with pytest.raises(RuntimeError, match=f"expected {which} of shape"):
+        op(*args)

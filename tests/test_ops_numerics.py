@@ -145,3 +145,26 @@ def test_vector_and_scalar_units_per_thread(cell, misaligned_bias, dtype):
         assert view.data_ptr() % 16 != 0
     low = dtype in LOW_PRECISION
     check_against_reference(case, check_grads=not (low and cell in LOW_PRECISION_GRADS_UNCHECKED))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_input_size_zero_matches_reference(device, cell, packed):
+    """input_size = 0 is valid (torch.nn accepts it: the gates come from h and the biases); the
+    layer setup once divided by it (SIGFPE)."""
+    check_against_reference(make_case(cell, packed=packed, device=device, I=0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_relu_gradient_passes_nan_as_torch_does(device):
+    """A NaN pre-activation: torch.relu keeps it and threshold_backward passes the gradient
+    (only result <= 0 gives 0); the fused relu once gave 0 there and hid the NaN."""
+    case = make_case("rnn_relu", device=device)
+    x = case.input.detach().clone()
+    x[1, 2, 0] = float("nan")
+    case = case.with_leaves([x.requires_grad_(), *case.leaves()[1:]])
+    outputs, gradients = compare(case)
+    for fused, ref in outputs + gradients:
+        assert torch.isnan(fused).any() or not torch.isnan(ref).any()
+        torch.testing.assert_close(fused.cpu(), ref, equal_nan=True, rtol=1e-10, atol=1e-10)

@@ -24,17 +24,19 @@ template <>
 struct Math<float> {
   static FUSED_RNN_HD float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
   static FUSED_RNN_HD float tanh(float x) { return ::tanhf(x); }
-  static FUSED_RNN_HD float relu(float x) { return x > 0.0f ? x : 0.0f; }
+  // Written as "<= 0 gives 0" so that NaN passes through, as torch.relu and its backward
+  // (threshold_backward: grad where not result <= 0) do: once NaN enters, it stays visible.
+  static FUSED_RNN_HD float relu(float x) { return x <= 0.0f ? 0.0f : x; }
   // d relu(p) = dy where the output y = relu(p) is positive (p == 0 gives 0, as torch does).
-  static FUSED_RNN_HD float relu_grad(float y, float dy) { return y > 0.0f ? dy : 0.0f; }
+  static FUSED_RNN_HD float relu_grad(float y, float dy) { return y <= 0.0f ? 0.0f : dy; }
 };
 
 template <>
 struct Math<double> {
   static FUSED_RNN_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
   static FUSED_RNN_HD double tanh(double x) { return ::tanh(x); }
-  static FUSED_RNN_HD double relu(double x) { return x > 0.0 ? x : 0.0; }
-  static FUSED_RNN_HD double relu_grad(double y, double dy) { return y > 0.0 ? dy : 0.0; }
+  static FUSED_RNN_HD double relu(double x) { return x <= 0.0 ? 0.0 : x; }
+  static FUSED_RNN_HD double relu_grad(double y, double dy) { return y <= 0.0 ? 0.0 : dy; }
 };
 
 // One forward step over `rows` rows of `hidden` units. Pointers are already offset to the

@@ -31,7 +31,8 @@ struct Math<at::vec::Vectorized<T>> {
   static V sigmoid(const V& x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
   static V tanh(const V& x) { return tanh_u35(x); }
   static V relu(const V& x) { return at::vec::maximum(x, V(T(0))); }
-  static V relu_grad(const V& y, const V& dy) { return V::blendv(V(T(0)), dy, y > V(T(0))); }
+  // NaN in y passes dy through, as torch's threshold_backward does (see Math<float>).
+  static V relu_grad(const V& y, const V& dy) { return V::blendv(dy, V(T(0)), y <= V(T(0))); }
 };
 
 // Loads and stores of a vector at a pointer, with `count` < V::size() on a row's tail. V is
