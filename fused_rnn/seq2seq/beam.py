@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .penalties import coverage_penalty as coverage_of
 from .penalties import length_normalized
-from .search import NEG_INF, Generation, StepRules
+from .search import NEG_INF, Generation, StepRules, step_limit
 
 
 def beam_search(decoder, state, memory, max_len: Tensor, rules: StepRules, *, beam_size: int,
@@ -38,7 +38,7 @@ def beam_search(decoder, state, memory, max_len: Tensor, rules: StepRules, *, be
     base = torch.arange(batch, device=device)[:, None] * K
     rank = torch.arange(2 * K, device=device)[None, :]
     scores = None
-    for step in range(int(max_len.max()) + 1):
+    for step in range(step_limit(max_len)):
         logits, state, weights = decoder.step(tokens, state, memory)
         logp = rules.log_probs(logits, hist_tokens, max_len_rows)
         V = logp.shape[-1]

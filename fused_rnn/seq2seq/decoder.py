@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import SCORES, Attention, check_mask
+from .checks import check_ints, check_tokens, is_number
 from .encoder import EncoderOutput, make_rnn
 
 STYLES = ("luong", "bahdanau")
@@ -75,6 +76,7 @@ class Decoder(nn.Module):
                  input_feeding: bool = False, dropout: float = 0.0, padding_idx: int | None = 0,
                  attn_size: int | None = None, readout_size: int | None = None):
         super().__init__()
+        check_ints(vocab_size=vocab_size, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers)
         if style not in STYLES:
             raise ValueError(f"style: expected one of {STYLES}, got {style!r}")
         if attention is not None and attention not in SCORES:
@@ -84,6 +86,7 @@ class Decoder(nn.Module):
                              f"got True with style={style!r}, attention={attention!r}")
         memory_size = hidden_size if memory_size is None else memory_size
         readout_size = hidden_size if readout_size is None else readout_size
+        check_ints(memory_size=memory_size, readout_size=readout_size)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.memory_size = memory_size
@@ -177,10 +180,13 @@ class Decoder(nn.Module):
         probability and otherwise the argmax of the previous step.  ``stepwise=True``
         forces the step-by-step path even where the one-call path applies.
         """
-        if not 0.0 <= teacher_forcing <= 1.0:
-            raise ValueError(f"teacher_forcing: expected a ratio in [0, 1], got {teacher_forcing}")
-        if inputs.dim() != 2:
-            raise ValueError(f"inputs: expected token ids [B, T], got shape {tuple(inputs.shape)}")
+        if not is_number(teacher_forcing) or not 0.0 <= teacher_forcing <= 1.0:
+            raise ValueError(f"teacher_forcing: expected a ratio in [0, 1], got {teacher_forcing!r}")
+        inputs = check_tokens("inputs", inputs, "T")
+        if (memory is None) != (self.attention is None):   # else a step fails deep inside attention
+            expected = ("None (the decoder has no attention)" if self.attention is None
+                        else "a Memory (the decoder attends)")
+            raise ValueError(f"memory: expected {expected}, got {type(memory).__name__}")
         if self.fused_path and teacher_forcing == 1.0 and not stepwise:
             return self._forward_fused(inputs, state, memory)
         logits, weights = [], []

@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..rnn import GRU, LSTM
 from .attention import lengths_to_mask
+from .checks import check_ints, check_lengths, check_tokens
 
 CELLS = {"lstm": LSTM, "gru": GRU}
 
@@ -19,20 +20,6 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int,
         raise ValueError(f"cell: expected one of {tuple(CELLS)}, got {cell!r}")
     return CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                        dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
-
-
-def check_lengths(lengths, batch: int, max_len: int, name: str = "src_lengths") -> Tensor:
-    lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.shape[0] != batch:
-        raise ValueError(f"{name}: expected a 1-D tensor of {batch} lengths, "
-                         f"got shape {tuple(lengths.shape)}")
-    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        raise ValueError(f"{name}: expected integer lengths, got dtype {lengths.dtype}")
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo < 1 or hi > max_len:
-        raise ValueError(f"{name}: expected every length in [1, {max_len}] (a length-0 source "
-                         f"is a fully padded row), got lengths in [{lo}, {hi}]")
-    return lengths
 
 
 @dataclass
@@ -57,6 +44,10 @@ class Encoder(nn.Module):
                  cell: str = "lstm", bidirectional: bool = False, dropout: float = 0.0,
                  padding_idx: int | None = 0, decoder_hidden_size: int | None = None):
         super().__init__()
+        check_ints(vocab_size=vocab_size, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers)
+        if decoder_hidden_size is not None:
+            check_ints(decoder_hidden_size=decoder_hidden_size)
+        self.vocab_size = vocab_size
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -74,20 +65,23 @@ class Encoder(nn.Module):
                          if needs_bridge and cell == "lstm" else None)
 
     def forward(self, src: Tensor, lengths) -> EncoderOutput:
-        if src.dim() != 2:
-            raise ValueError(f"src: expected token ids [B, S], got shape {tuple(src.shape)}")
-        lengths = check_lengths(lengths, src.shape[0], src.shape[1]).cpu().long()
+        src = check_tokens("src", src, "S")
+        lengths = check_lengths(lengths, src.shape[0], src.shape[1]).cpu()
         embedded = self.dropout(self.embedding(src))
-        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
-        out, final = self.rnn(packed)
-        outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
+        if src.shape[0] == 0:   # pack_padded_sequence refuses an empty batch; it has no padding to skip
+            outputs, final = self.rnn(embedded)
+        else:
+            packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+            out, final = self.rnn(packed)
+            outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
         mask = lengths_to_mask(lengths.to(src.device), src.shape[1])
         return EncoderOutput(outputs, mask, lengths, self.bridge(final))
 
     def _join(self, state: Tensor) -> Tensor:
-        # [L * D, B, H] -> [L, B, D * H]: directions of one layer side by side
-        L, B = self.num_layers, state.shape[1]
-        return state.view(L, self.directions, B, -1).permute(0, 2, 1, 3).reshape(L, B, -1)
+        # [L * D, B, H] -> [L, B, D * H]: directions of one layer side by side (sizes spelled
+        # out: an empty batch cannot infer a -1)
+        L, D, B, H = self.num_layers, self.directions, state.shape[1], state.shape[2]
+        return state.view(L, D, B, H).permute(0, 2, 1, 3).reshape(L, B, D * H)
 
     def bridge(self, final):
         if self.cell == "lstm":

@@ -4,6 +4,8 @@
 They drive any ``decoder`` with ``decoder.step(tokens [N], state, memory) -> (logits [N, V],
 state, weights [N, S] or None)`` where ``state`` and ``memory`` have ``index_select(index)``
 and ``repeat_interleave(n)`` over the batch (see :mod:`.decoder`; ``memory`` may be None).
+A decoder may also have ``vocab_size`` (:class:`.Decoder` has): then :func:`.decode` checks the
+token ids and ``min_len`` against it before the first step.
 
 Conventions shared by all strategies:
 
@@ -22,8 +24,12 @@ Conventions shared by all strategies:
   search adds the coverage penalty if asked.
 - A finished hypothesis never grows: after EOS a row emits PAD, adds nothing to its score,
   and gets all-zero attention.
-- A row left with no allowed token (n-gram blocking on a tiny vocabulary can do that) has no
-  hypothesis: length 0, all PAD, score -inf.
+- A ``min_len`` that no hypothesis can reach (nothing but EOS and blocked tokens to emit, or
+  more tokens than n-gram blocking allows) is a ValueError before decoding.  A row that still
+  gets stuck on its own path with no allowed token (n-gram blocking on a tiny vocabulary can do
+  that) has no hypothesis: length 0, all PAD, score -inf.
+- An empty batch takes one step of zero rows, which gives the empty result the decoder's own
+  dtype and attention width.
 """
 from __future__ import annotations
 
@@ -113,6 +119,11 @@ def _choose(logp: Tensor, sample: bool, top_k: int | None, top_p: float | None,
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def step_limit(max_len: Tensor) -> int:
+    """The most steps a decode takes: ``max_len`` tokens and EOS; one for an empty batch."""
+    return int(max_len.max()) + 1 if max_len.numel() else 1
+
+
 def greedy_or_sample(decoder, state, memory, max_len: Tensor, rules: StepRules, *, sample: bool,
                      n: int, bos_id: int, pad_id: int, length_penalty, top_k: int | None,
                      top_p: float | None, generator: torch.Generator | None) -> Generation:
@@ -130,7 +141,7 @@ def greedy_or_sample(decoder, state, memory, max_len: Tensor, rules: StepRules, 
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     score = None
     out_attn = []
-    for _ in range(int(max_len.max()) + 1):
+    for _ in range(step_limit(max_len)):
         logits, state, weights = decoder.step(tokens, state, memory)
         logp = rules.log_probs(logits, history, max_len)
         if score is None:
@@ -155,11 +166,12 @@ def greedy_or_sample(decoder, state, memory, max_len: Tensor, rules: StepRules, 
 
 def _assemble(history, out_attn, lengths, score, dead, batch, n, pad_id, length_penalty) -> Generation:
     """The rows as ``n`` hypotheses per source, best (normalized) first; dead rows emptied."""
-    toks = history.masked_fill(dead[:, None], pad_id).view(batch, n, -1)
+    # sizes spelled out: a view of an empty batch cannot infer a -1
+    toks = history.masked_fill(dead[:, None], pad_id).view(batch, n, history.shape[1])
     attn = None
     if out_attn:
         attn = torch.stack(out_attn, 1).masked_fill(dead[:, None, None], 0.0)
-        attn = attn.view(batch, n, len(out_attn), -1)
+        attn = attn.view(batch, n, len(out_attn), attn.shape[-1])
     lengths = lengths.masked_fill(dead, 0).view(batch, n)
     score = score.view(batch, n)
     norm = length_normalized(score, lengths, length_penalty)

@@ -11,6 +11,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .checks import check_ints, is_int
+
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ("<pad>", "<s>", "</s>")
 
@@ -19,6 +21,9 @@ class Vocab:
     """Characters (or any hashable symbols) <-> ids; ids 0, 1, 2 are PAD, BOS, EOS."""
 
     def __init__(self, symbols: Sequence[str]):
+        clash = sorted(set(symbols) & set(SPECIALS))
+        if clash:   # the symbol would get two ids, and decode() would print it for PAD, BOS or EOS
+            raise ValueError(f"symbols: expected none of the special symbols {SPECIALS}, got {clash[0]!r}")
         self.itos = list(SPECIALS) + sorted(set(symbols))
         self.stoi = {s: i for i, s in enumerate(self.itos)}
 
@@ -34,6 +39,10 @@ class Vocab:
         return ids + [EOS] if eos else ids
 
     def decode(self, ids: Sequence[int], sep: str = "") -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < len(self)]
+        if bad:   # a negative id would index from the end: another symbol, silently
+            raise ValueError(f"ids: expected ids in [0, {len(self)}), got {bad[0]}")
         out = []
         for i in ids:
             if i == EOS:
@@ -45,6 +54,8 @@ class Vocab:
 
 def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     """List of id lists -> ``[B, max_len]`` padded with PAD, and ``[B]`` lengths."""
+    if len(seqs) == 0:   # the model refuses a source of no positions, so say it here
+        raise ValueError("seqs: expected at least one sequence, got none")
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     out = torch.full((len(seqs), int(lengths.max())), PAD, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -72,6 +83,7 @@ class PairDataset:
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
                 device=None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        check_ints(batch_size=batch_size)
         order = list(range(len(self)))
         if shuffle:
             random.Random(seed).shuffle(order)
@@ -135,6 +147,7 @@ def random_date(rng: random.Random) -> datetime.date:
 
 def make_dates(n: int, seed: int = 0, exclude: set[str] | None = None) -> list[tuple[str, str]]:
     """``n`` pairs (human date, ISO date), none of whose sources is in ``exclude``."""
+    check_ints(0, n=n)
     rng = random.Random(seed)
     out, exclude = [], exclude or set()
     while len(out) < n:
@@ -161,16 +174,31 @@ def make_reversal(n: int, min_len: int, max_len: int, seed: int = 0,
                   alphabet: str = REVERSAL_ALPHABET,
                   exclude: set[str] | None = None) -> list[tuple[str, str]]:
     """``n`` pairs (random string, the string reversed), lengths uniform in [min_len, max_len]."""
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"min_len, max_len: expected 1 <= min_len <= max_len, "
+    check_ints(0, n=n)
+    if not (is_int(min_len) and is_int(max_len) and 1 <= min_len <= max_len):
+        raise ValueError(f"min_len, max_len: expected ints with 1 <= min_len <= max_len, "
                          f"got {min_len}, {max_len}")
+    if not alphabet:
+        raise ValueError(f"alphabet: expected at least one symbol, got {alphabet!r}")
+    exclude = exclude or set()
+    _check_something_left(min_len, max_len, alphabet, exclude)
     rng = random.Random(seed)
-    out, exclude = [], exclude or set()
+    out = []
     while len(out) < n:
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(min_len, max_len)))
         if s not in exclude:
             out.append((s, s[::-1]))
     return out
+
+
+def _check_something_left(min_len: int, max_len: int, alphabet: str, exclude: set[str]) -> None:
+    """Refuse an ``exclude`` that holds every string make_reversal could draw: it would loop forever."""
+    symbols = set(alphabet)
+    total = sum(len(symbols) ** k for k in range(min_len, max_len + 1))
+    excluded = sum(1 for s in exclude if min_len <= len(s) <= max_len and set(s) <= symbols)
+    if excluded >= total:
+        raise ValueError(f"exclude: expected to leave some string to draw, got all {total} strings of "
+                         f"length {min_len}..{max_len} over {alphabet!r}")
 
 
 def reversal_vocab(alphabet: str = REVERSAL_ALPHABET) -> Vocab:

@@ -5,6 +5,7 @@ import random
 
 import torch
 
+from .checks import check_ints
 from .model import Seq2Seq
 from .tasks import PairDataset
 
@@ -16,6 +17,13 @@ def fit(model: Seq2Seq, data: PairDataset, steps: int, batch_size: int = 64, lr:
 
     The learning rate decays linearly to a tenth over the run.  Returns the loss of each step.
     """
+    check_ints(0, steps=steps)
+    check_ints(batch_size=batch_size)
+    # a negative max_norm would flip every gradient's sign; inf is a valid "no clipping"
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
+        raise ValueError(f"clip: expected a number > 0 (inf: no clipping), got {clip!r}")
+    if len(data) == 0:
+        raise ValueError("data: expected at least one pair, got an empty PairDataset")
     model.train()
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda i: 1.0 - 0.9 * i / max(steps, 1))
@@ -56,6 +64,7 @@ def fit(model: Seq2Seq, data: PairDataset, steps: int, batch_size: int = 64, lr:
 def predict(model: Seq2Seq, data: PairDataset, batch_size: int = 256, device=None,
             strategy: str = "greedy", **generate_kwargs) -> list[str]:
     """The best decoded target string of every source, in order."""
+    check_ints(batch_size=batch_size)
     model.eval()
     out = []
     for start in range(0, len(data), batch_size):
