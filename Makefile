@@ -17,7 +17,7 @@ CUDA_HOME ?= $(or $(wildcard /usr/local/cuda),$(patsubst %/bin/nvcc,%,$(NVCC)))
 CXX ?= g++
 LINT_CXX := $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/*.cu' 2>/dev/null)
 
-.PHONY: setup build test lint bench demo info cuda-check gpu-check clean
+.PHONY: setup build test lint bench demo info cuda-check gpu-check sanitize clean
 
 setup: $(DEPS)
 
@@ -72,6 +72,23 @@ cuda-check: $(DEPS)
 	echo "nvcc tests/cuda_host_check.cu (runs on the host, no GPU)"; \
 	$(NVCC) -std=c++17 -O2 -Icsrc -gencode=arch=compute_80,code=sm_80 tests/cuda_host_check.cu \
 	  -o $(CUDA_CHECK_DIR)/cuda_host_check && $(CUDA_CHECK_DIR)/cuda_host_check
+
+# The op tests and the adversarial suite against an extension built with AddressSanitizer and
+# UndefinedBehaviorSanitizer (CPU), in build/sanitize (the package's Python files beside the
+# sanitized _C; the normal build is untouched). The ASan runtime is preloaded because python
+# is not built with it; leaks are not checked (the interpreter's own would drown ours).
+SAN_DIR := build/sanitize
+SAN_TESTS ?= tests/test_ops_numerics.py tests/test_ops_autograd.py tests/test_ops_errors.py \
+  tests/test_ops_cpu_paths.py tests/test_cells.py tests/test_adversarial.py
+sanitize: $(DEPS)
+	FUSED_RNN_SANITIZE=1 FUSED_RNN_CPU_ONLY=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	  $(VPY) setup.py -q build_ext --build-lib $(SAN_DIR)/lib --build-temp $(SAN_DIR)/temp
+	@find fused_rnn -name '*.py' | while read f; do mkdir -p $(SAN_DIR)/lib/$$(dirname $$f); cp $$f $(SAN_DIR)/lib/$$f; done
+	cd $(SAN_DIR)/lib && \
+	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/,$(SAN_TESTS))
 
 # ruff (configured in pyproject.toml) and clang-format (.clang-format), in check mode.
 lint: $(DEPS)

@@ -1,5 +1,6 @@
 """Builds fused_rnn._C: the C++ sources always, the CUDA sources when the installed torch has
-CUDA and nvcc is found (FUSED_RNN_CPU_ONLY=1 forces CPU only).
+CUDA and nvcc is found (FUSED_RNN_CPU_ONLY=1 forces CPU only). FUSED_RNN_SANITIZE=1 builds with
+AddressSanitizer and UndefinedBehaviorSanitizer (`make sanitize`).
 
 Build against the installed torch: `pip install --no-build-isolation -e .` (or `make build`).
 """
@@ -30,6 +31,13 @@ def cpu_simd_flags():
     return ["-DCPU_CAPABILITY=DEFAULT"]
 
 
+def sanitizer_flags():
+    """-fsanitize=address,undefined at -O1 with frame pointers (readable reports), when asked."""
+    if os.environ.get("FUSED_RNN_SANITIZE") != "1":
+        return []
+    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+
+
 def want_cuda():
     if os.environ.get("FUSED_RNN_CPU_ONLY") == "1":
         return False
@@ -40,7 +48,8 @@ def want_cuda():
 
 def extension():
     sources = ["csrc/ops.cpp", "csrc/recurrence.cpp"]
-    cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_simd_flags()
+    cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_simd_flags() + sanitizer_flags()
+    link = ["-fopenmp"] + sanitizer_flags()
     define = []
     if want_cuda():
         sources += ["csrc/ops_cuda.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
@@ -54,10 +63,10 @@ def extension():
             "fused_rnn._C",
             sources,
             extra_compile_args={"cxx": cxx + define, "nvcc": nvcc + define},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     return cpp_extension.CppExtension(
-        "fused_rnn._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]
+        "fused_rnn._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
     )
 
 

@@ -54,8 +54,11 @@ void check_same(const char* op, const char* name, const Tensor& t, const Tensor&
               " (the device of input), but got ", t.device());
 }
 
-void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef expected) {
-  TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected, ", but got ", t.sizes());
+// `meaning` says where the expected sizes come from, so that the message names the argument
+// that disagrees as well, e.g. "[4 * hidden_size, input_size] (input_size from input)".
+void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef expected, const char* meaning) {
+  TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected, " = ", meaning, ", but got ",
+              t.sizes());
 }
 
 }  // namespace
@@ -88,16 +91,18 @@ void check_weights(const char* op, int gates, bool has_cell_state, const Tensor&
   const int64_t gh = gates * s->hidden;
   check_same(op, "weight_ih", w.w_ih, input);
   check_same(op, "weight_hh", w.w_hh, input);
-  check_shape(op, "weight_ih", w.w_ih, {gh, s->input});
+  check_shape(op, "weight_ih", w.w_ih, {gh, s->input},
+              "[gates * hidden_size, input_size] (hidden_size from weight_hh, input_size from input)");
   for (const auto& [name, bias] : {std::pair{"bias_ih", &w.b_ih}, std::pair{"bias_hh", &w.b_hh}}) {
     if (!bias->has_value()) continue;
     check_same(op, name, **bias, input);
-    check_shape(op, name, **bias, {gh});
+    check_shape(op, name, **bias, {gh}, "[gates * hidden_size] (hidden_size from weight_hh)");
   }
   if (w.w_hr) {
     TORCH_CHECK(has_cell_state, op, ": weight_hr (projection) is only supported by lstm");
     check_same(op, "weight_hr", *w.w_hr, input);
-    check_shape(op, "weight_hr", *w.w_hr, {s->state, s->hidden});
+    check_shape(op, "weight_hr", *w.w_hr, {s->state, s->hidden},
+                "[proj_size, hidden_size] (both from weight_hh: [4 * hidden_size, proj_size])");
   } else {
     TORCH_CHECK(s->state == s->hidden, op, ": expected weight_hh of shape [", gh, ", ", s->hidden,
                 "] (no projection), but got ", w.w_hh.sizes());
@@ -118,6 +123,9 @@ std::vector<StepRows> packed_steps(const char* op, const Tensor& input, const Te
     TORCH_CHECK(b[t] > 0, op, ": expected batch_sizes to be positive, but batch_sizes[", t, "] = ", b[t]);
     TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op, ": expected batch_sizes to be non-increasing, but batch_sizes[", t,
                 "] = ", b[t], " > batch_sizes[", t - 1, "] = ", b[t - 1]);
+    // Compared before adding, so that a hostile sum cannot overflow int64 past this check.
+    TORCH_CHECK(b[t] <= input.size(0) - offset, op, ": batch_sizes sum to more than the ", input.size(0),
+                " rows of the packed input (by batch_sizes[", t, "] = ", b[t], ")");
     steps.push_back({offset, b[t]});
     offset += b[t];
   }
@@ -145,11 +153,12 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
     for (int64_t t = 0; t < s.steps; ++t) steps->push_back({t * s.batch, s.batch});
   }
   check_same(op, "h0", h0, input);
-  check_shape(op, "h0", h0, {s.batch, s.state});
+  check_shape(op, "h0", h0, {s.batch, s.state}, "[batch, state_size] (batch from input, state_size from weight_hh)");
   if (has_cell_state) {
     TORCH_CHECK(c0.has_value(), op, ": c0 is required");
     check_same(op, "c0", *c0, input);
-    check_shape(op, "c0", *c0, {s.batch, s.hidden});
+    check_shape(op, "c0", *c0, {s.batch, s.hidden},
+                "[batch, hidden_size] (batch from input, hidden_size from weight_hh)");
   }
   return s;
 }

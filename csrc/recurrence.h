@@ -306,6 +306,9 @@ BackwardBuffers backward_buffers(const LayerSetup& l, const Tensor& grad_output,
   TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == l.layout.width, Cell::kName,
               "_backward: workspace has shape ", ws.sizes(), " but [", N, ", ", l.layout.width,
               "] was expected; was the forward run with need_workspace=True on the same arguments?");
+  TORCH_CHECK(ws.scalar_type() == l.input.scalar_type() && ws.device() == l.input.device(), Cell::kName,
+              "_backward: expected workspace to have the dtype and device of input (", l.input.scalar_type(), ", ",
+              l.input.device(), "), but got ", ws.scalar_type(), " on ", ws.device());
   // The step blocks index these with the full row stride: a wrong shape would be a wrong address.
   const auto check_grad = [&](const char* name, const Tensor& t, at::IntArrayRef shape) {
     TORCH_CHECK(t.sizes() == shape, Cell::kName, "_backward: expected ", name, " of shape ", shape, ", but got ",

@@ -66,12 +66,27 @@ def _reference_call(spec, tensors, extras, reverse):
     return out, h
 
 
+def _check_devices(op, args):
+    """The C++ ops' device checks, in the fake kernels: a fake (or meta) tensor among real ones
+    would otherwise dispatch here and be accepted. Every tensor on input's device, batch_sizes
+    on the CPU; the message is the C++ one."""
+    named = [(a.name, v) for a, v in zip(op._schema.arguments, args) if isinstance(v, torch.Tensor)]
+    input = dict(named)["input"]
+    for name, t in named:
+        if name == "batch_sizes" and t.device.type != "cpu":
+            raise RuntimeError(f"{op._schema.name}: expected batch_sizes to be a CPU tensor, but got {t.device}")
+        if name != "batch_sizes" and t.device != input.device:
+            raise RuntimeError(f"{op._schema.name}: expected {name} to be on {input.device} (the device of input), "
+                               f"but got {t.device}")
+
+
 def _register(spec):
     forward_name = f"fused_rnn::{spec.cell}_forward"
     backward_op = getattr(ops, f"{spec.cell}_backward")
 
     @torch.library.register_fake(forward_name)
     def _forward_fake(*args):
+        _check_devices(getattr(ops, f"{spec.cell}_forward").default, args)
         tensors, _, _, need_workspace = spec.split(args)
         input, states0, weights = tensors[0], tensors[2:2 + spec.n_states], tensors[2 + spec.n_states:]
         w_hh = weights[1]
@@ -87,6 +102,7 @@ def _register(spec):
 
     @torch.library.register_fake(f"fused_rnn::{spec.cell}_backward")
     def _backward_fake(*args):
+        _check_devices(backward_op.default, args)
         tensors = args[1 + spec.n_states:1 + spec.n_states + spec.n_tensors]
         input, states0, weights = tensors[0], tensors[2:2 + spec.n_states], tensors[2 + spec.n_states:]
         grads = [input.new_empty(input.shape)] + [s.new_empty(s.shape) for s in states0]

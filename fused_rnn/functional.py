@@ -12,14 +12,42 @@ from ._ops import ops
 __all__ = ["lstm", "gru", "rnn"]
 
 
+def _check_types(op, hx, n_states, input, weight_ih, weight_hh, **optional):
+    """A TypeError naming the argument for one of the wrong Python type, and a RuntimeError for an
+    LSTM hx that is not a pair, before the steps here touch them: they would fail with an
+    AttributeError, the op's schema with the dispatcher's message. Shapes, dtypes and devices are
+    the op's to check. optional: {name: value} of the arguments that may be None."""
+    required = {"input": input, "weight_ih": weight_ih, "weight_hh": weight_hh}
+    if n_states == 1:
+        optional["hx"] = hx
+    elif hx is not None:
+        if not isinstance(hx, (tuple, list)):
+            raise TypeError(f"{op}: expected hx to be a pair (h0, c0) of tensors or None, but got {type(hx).__name__}")
+        if len(hx) != 2:
+            raise RuntimeError(
+                f"{op}: expected hx to be a pair (h0, c0) of tensors, but got a {type(hx).__name__} of {len(hx)}")
+        required.update(h0=hx[0], c0=hx[1])
+    for name, value in (*required.items(), *optional.items()):
+        if not (isinstance(value, torch.Tensor) or (value is None and name in optional)):
+            kind = "a Tensor or None" if name in optional else "a Tensor"
+            raise TypeError(f"{op}: expected {name} to be {kind}, but got {type(value).__name__}")
+
+
 def _batch(input, batch_sizes):
+    """The batch of zero initial states. Any will do where input or batch_sizes is malformed: the
+    op rejects those (with a message naming them) before it reads h0."""
     if batch_sizes is not None:
-        return int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+        well_formed = (batch_sizes.dim() == 1 and batch_sizes.numel() > 0 and batch_sizes.dtype == torch.int64
+                       and batch_sizes.device.type == "cpu")
+        return int(batch_sizes[0]) if well_formed else 0
     return input.size(1) if input.dim() == 3 else 0
 
 
-def _zeros(input, batch_sizes, size):
-    return input.new_zeros((_batch(input, batch_sizes), size))
+def _zeros(input, batch_sizes, weight_hh, dim, gates=1):
+    """Zeros [B, weight_hh.size(dim) // gates] for hx=None; as in _batch, a weight_hh that is not
+    2-D gets some zeros, for the op to reject weight_hh by name."""
+    width = weight_hh.size(dim) // gates if weight_hh.dim() == 2 else 0
+    return input.new_zeros((_batch(input, batch_sizes), width))
 
 
 def _autocast(input, *args):
@@ -71,10 +99,12 @@ def _call(op, need_workspace, *args):
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
          batch_sizes=None, reverse=False):
     """Returns ``(output, (h_n, c_n))``; with ``weight_hr`` [P, H] the output and h are projected."""
+    _check_types("lstm", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
+                 batch_sizes=batch_sizes)
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = _autocast(
         input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     if hx is None:
-        hx = (_zeros(input, batch_sizes, weight_hh.size(1)), _zeros(input, batch_sizes, weight_hh.size(0) // 4))
+        hx = (_zeros(input, batch_sizes, weight_hh, 1), _zeros(input, batch_sizes, weight_hh, 0, gates=4))
     h0, c0 = hx
     need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     output, h_n, c_n, _ = _call(ops.lstm_forward, need, input, batch_sizes, h0, c0, weight_ih, weight_hh, bias_ih,
@@ -84,8 +114,9 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=
 
 def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes=None, reverse=False):
     """Returns ``(output, h_n)``."""
+    _check_types("gru", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, batch_sizes=batch_sizes)
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh = _autocast(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    h0 = _zeros(input, batch_sizes, weight_hh.size(1)) if hx is None else hx
+    h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     output, h_n, _ = _call(ops.gru_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                            reverse)
@@ -95,8 +126,10 @@ def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes
 def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes=None, reverse=False,
         nonlinearity="tanh"):
     """Returns ``(output, h_n)``; ``nonlinearity`` is ``"tanh"`` or ``"relu"``."""
+    _check_types(f"rnn_{nonlinearity}", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
+                 batch_sizes=batch_sizes)
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh = _autocast(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    h0 = _zeros(input, batch_sizes, weight_hh.size(1)) if hx is None else hx
+    h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     output, h_n, _ = _call(ops.rnn_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                            nonlinearity, reverse)

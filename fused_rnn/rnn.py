@@ -9,7 +9,7 @@ and pickling are torch.nn's own, and ``isinstance(m, torch.nn.LSTM)`` stays true
 ``forward`` follows torch.nn's forward step by step: the same input/hidden checks in the same
 order (reusing ``check_forward_args`` / ``check_input`` / ``permute_hidden``), the same
 unbatched and ``batch_first`` handling, the same ``PackedSequence`` permutations. Errors that
-torch.nn raises from inside its C++ kernels are mirrored here (``_check_*`` helpers), because
+torch.nn raises from inside its C++ kernels are mirrored (``fused_rnn/_nn_checks.py``), because
 the fused ops below do not run those kernels. Then layers x directions are composed from
 ``fused_rnn.functional`` (one op call per layer and direction, no Python loop over time), with
 dropout between layers exactly where torch.nn puts it: ``torch.nn.functional.dropout`` on the
@@ -21,61 +21,10 @@ import torch.nn.functional as torch_F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _torch_private, functional
+from . import _nn_checks as checks
+from . import _torch_private, functional, reference
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors torch.nn raises from its C++ kernels (ATen), written out so the messages match.
-# ---------------------------------------------------------------------------------------------
-
-def _scalar_type_name(dtype):
-    """c10's name of a dtype ("Float", "Double", "BFloat16", ...), as ATen's messages print it."""
-    name = torch.empty((), dtype=dtype).type()  # e.g. "torch.DoubleTensor"
-    return name[len("torch."):-len("Tensor")]
-
-
-def _check_matmul_dtype(mat1, weight):
-    """The check ATen's mm/addmm makes when ``mat1 @ weight.T`` mixes dtypes."""
-    if mat1.dtype != weight.dtype:
-        raise RuntimeError(
-            "mat1 and mat2 must have the same dtype, but got "
-            f"{_scalar_type_name(mat1.dtype)} and {_scalar_type_name(weight.dtype)}"
-        )
-
-
-def _match_cell_state_dtype(c, weight, what):
-    """torch.nn's LSTM accepts a cell state whose dtype promotes to the weights' (the result has
-    the weights' dtype) and rejects the rest. The fused op wants one dtype: convert, or reject."""
-    if c.dtype == weight.dtype:
-        return c
-    if c.is_floating_point() and torch.promote_types(c.dtype, weight.dtype) == weight.dtype:
-        return c.to(weight.dtype)
-    raise RuntimeError(
-        f"{what} must have the weights' dtype {weight.dtype} (or one that promotes to it), "
-        f"got {c.dtype}"
-    )
-
-
-def _check_cell_input(input, weight_ih):
-    # ATen check_rnn_cell_forward_input
-    if input.size(1) != weight_ih.size(1):
-        raise RuntimeError(
-            f"input has inconsistent input_size: got {input.size(1)} expected {weight_ih.size(1)}"
-        )
-
-
-def _check_cell_hidden(input, hx, hidden_size, label):
-    # ATen check_rnn_cell_forward_hidden
-    if input.size(0) != hx.size(0):
-        raise RuntimeError(
-            f"Input batch size {input.size(0)} doesn't match hidden{label} batch size {hx.size(0)}"
-        )
-    if hx.size(1) != hidden_size:
-        raise RuntimeError(
-            f"hidden{label} has inconsistent hidden_size: got {hx.size(1)}, expected {hidden_size}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,33 +63,68 @@ class _FusedRNNMixin:
             )
         return hx if is_batched else hx.unsqueeze(1)
 
-    def _check_lstm_packed(self, input, hx, batch_sizes, weights):
-        """torch.nn's LSTM hands packed input to its kernel unchecked; mirror what the kernel
-        rejects (the input GEMM's dtype and shape errors), and check hx as the padded path does."""
+    def _check_args(self, input, hx, batch_sizes):
+        """torch.nn's Python checks of input and hx (zero states always have the right size)."""
+        if hx is None:
+            self.check_input(input, batch_sizes)
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
+
+    def _check_kernel_args(self, input, hx, batch_sizes, weights):
+        """What torch.nn's kernel (ATen's _VF.lstm / gru / rnn_*, its CPU path) rejects, in its
+        order, after torch.nn's Python checks: the fused ops below run none of it.
+        Returns hx, an LSTM cell state converted to the weights' dtype where torch.nn promotes it."""
+        checks.check_flat_weights(weights, 2 if batch_sizes is None else 3)
+        if self.mode == "LSTM":
+            checks.check_two_states(hx, "lstm")
+        w_ih, w_hh, b_ih, b_hh = self._layer_weights(weights[:self._per_direction(weights)])[:4]  # layer 0's
+        if batch_sizes is None:
+            checks.check_same_device(input, hx, weights)
+            if input.size(1 if self.batch_first else 0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        else:
+            self._check_packed(input, hx, batch_sizes, w_ih, b_ih)
+        return hx if hx is None else self._check_first_step(hx, w_hh, b_hh)
+
+    def _check_first_step(self, hx, w_hh, b_hh):
+        """The kernel's first step with layer 0's states: h @ W_hh^T + b_hh, then LSTM's
+        forget_gate * c. Returns hx, c converted to the weights' dtype where torch.nn promotes it."""
+        if self.mode != "LSTM":
+            checks.check_linear(hx[0], w_hh, b_hh)
+            return hx
+        checks.check_linear(hx[0][0], w_hh, b_hh)
+        checks.check_cell_state_device(hx[1][0], w_hh)
+        c = checks.cell_state_as_weights(hx[1], w_hh)
+        if c is None:  # torch.nn's result then depends on its kernel (oneDNN or ATen's), T and layers
+            raise RuntimeError(
+                f"hx[1] (c_0) must have the weights' dtype {w_hh.dtype} (or one that promotes to it), "
+                f"got {hx[1].dtype}"
+            )
+        return hx[0], c
+
+    def _check_packed(self, input, hx, batch_sizes, w_ih, b_ih):
+        """The packed kernel reads batch_sizes as int64, then multiplies all of input by W_ih.
+        torch.nn's LSTM hands packed input to its kernel unchecked: mirror what that GEMM rejects,
+        and check hx as the padded path does."""
+        if batch_sizes.dtype != torch.int64:
+            raise RuntimeError(f"expected scalar type Long but found {checks.scalar_type_name(batch_sizes.dtype)}")
+        if self.mode != "LSTM":
+            checks.check_linear(input, w_ih, b_ih)  # devices: check_input compared dtypes and sizes
+            return
         if input.dim() != 2:
             self.check_input(input, batch_sizes)
-        _check_two_states(hx, "lstm")
-        weight_ih = weights[0]
-        _check_matmul_dtype(input, weight_ih)
-        if input.size(-1) != weight_ih.size(1):
+        checks.check_linear(input, w_ih, b_ih)
+        if input.size(-1) != w_ih.size(1):
             raise RuntimeError(
                 f"mat1 and mat2 shapes cannot be multiplied ({input.size(0)}x{input.size(1)} "
-                f"and {weight_ih.size(1)}x{weight_ih.size(0)})"
+                f"and {w_ih.size(1)}x{w_ih.size(0)})"
             )
         if hx is not None:
             self.check_forward_args(input, hx, batch_sizes)
 
-    def _check_hidden_dtypes(self, hx, weights):
-        """The dtype errors torch.nn's kernels raise for hx (it is the left operand of h @ W_hh^T).
-        Returns hx with an LSTM cell state converted where torch.nn would promote it."""
-        if hx is None:
-            return hx
-        weight_hh = weights[1]
-        if self.mode == "LSTM":
-            _check_matmul_dtype(hx[0], weight_hh)
-            return hx[0], _match_cell_state_dtype(hx[1], weight_hh, "hx[1] (c_0)")
-        _check_matmul_dtype(hx, weight_hh)
-        return hx
+    def _per_direction(self, weights):
+        """How many of the flat weights each layer and direction has."""
+        return len(weights) // (self.num_layers * (2 if self.bidirectional else 1))
 
     def _run_layers(self, input, hx, batch_sizes, weights):
         """input: time-major [T, B, I] or packed data [N, I]; hx: checked states or None.
@@ -148,7 +132,7 @@ class _FusedRNNMixin:
         Returns (output of the last layer, h_n [L*D, B, ...], c_n or None)."""
         layer_op, op_kwargs = _LAYER_OPS[self.mode]
         num_directions = 2 if self.bidirectional else 1
-        per_direction = len(weights) // (self.num_layers * num_directions)
+        per_direction = self._per_direction(weights)
         states_n = []  # per layer and direction: h, or (h, c)
         layer_input = input
         for layer in range(self.num_layers):
@@ -190,12 +174,8 @@ class _FusedRNNMixin:
             if hx is not None:
                 # Row b of hx belongs to the b-th sequence the user passed in.
                 hx = self.permute_hidden(hx, sorted_indices)
-            if is_lstm:
-                self._check_lstm_packed(input, hx, batch_sizes, weights)
-            elif hx is None:
-                self.check_input(input, batch_sizes)
-            else:
-                self.check_forward_args(input, hx, batch_sizes)
+            if not is_lstm:  # torch.nn's LSTM checks packed input in its kernel only
+                self._check_args(input, hx, batch_sizes)
         else:
             if input.dim() not in (2, 3):
                 raise self._input_dim_error(input.dim())
@@ -205,15 +185,8 @@ class _FusedRNNMixin:
                 input = input.unsqueeze(batch_dim)
             if hx is not None:
                 hx = self._check_hx_dims(hx, is_batched)
-            if hx is None:
-                self.check_input(input, batch_sizes)  # zeros states always have the right size
-            else:
-                self.check_forward_args(input, hx, batch_sizes)
-            if is_lstm:
-                _check_two_states(hx, "lstm")
-            if input.size(1 if self.batch_first else 0) == 0:
-                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        hx = self._check_hidden_dtypes(hx, weights)
+            self._check_args(input, hx, batch_sizes)
+        hx = self._check_kernel_args(input, hx, batch_sizes, weights)
 
         if batch_sizes is None and self.batch_first:
             input = input.transpose(0, 1)
@@ -238,19 +211,14 @@ def _layer_state(hx, index):
     return tuple(h[index] for h in hx) if isinstance(hx, tuple) else hx[index]
 
 
-def _check_two_states(hx, what):
-    if hx is not None and len(hx) != 2:
-        raise RuntimeError(f"{what} expects two hidden states")
-
-
-# torch.nn's `mode` -> the functional op of one layer and direction, and its extra arguments.
 _LAYER_OPS = {
     "LSTM": (functional.lstm, {}),
     "GRU": (functional.gru, {}),
     "RNN_TANH": (functional.rnn, {"nonlinearity": "tanh"}),
     "RNN_RELU": (functional.rnn, {"nonlinearity": "relu"}),
 }
-
+# The same layer in plain ATen ops, for the arguments the fused ops cannot take (see _step).
+_REFERENCE_OPS = {functional.lstm: reference.lstm, functional.gru: reference.gru, functional.rnn: reference.rnn}
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
@@ -265,32 +233,8 @@ class RNN(_FusedRNNMixin, nn.RNN):
 
 
 # ---------------------------------------------------------------------------------------------
-# Cells: one time step = the layer op with T = 1.
+# Cells: one time step = the layer op with T = 1 (or the reference where the op cannot run: _step).
 # ---------------------------------------------------------------------------------------------
-
-def _check_cell_hx(cell, hx):
-    """torch.nn's checks of a cell's hx type and count (LSTMCell: a pair of tensors)."""
-    if cell._n_states == 1 or hx is None:
-        return
-    if not isinstance(hx, (tuple, list)):
-        raise TypeError(
-            "lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
-            f"not {type(hx).__name__}"
-        )
-    _check_two_states(hx, "lstm_cell")
-
-
-def _check_cell_dtypes(input, hx, weight_ih, weight_hh):
-    """The dtype errors of torch.nn's cell kernels; returns hx with an LSTM cell state converted
-    where torch.nn would promote it."""
-    _check_matmul_dtype(input, weight_ih)
-    if hx is None:
-        return None
-    _check_matmul_dtype(hx[0], weight_hh)
-    if len(hx) == 1:
-        return hx
-    return hx[0], _match_cell_state_dtype(hx[1], weight_hh, "hx[1] (c_0)")
-
 
 class _FusedCellMixin:
     """forward() for the three RNNCellBase subclasses below: torch.nn's checks in torch.nn's
@@ -313,11 +257,11 @@ class _FusedCellMixin:
         nonlinearity = getattr(self, "nonlinearity", None)  # RNNCell's is checked at each call
         if nonlinearity is not None and nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-        _check_cell_hx(self, hx)
-        _check_cell_input(input, self.weight_ih)
-        for index, value in enumerate(states or ()):
-            _check_cell_hidden(input, value, self.weight_hh.size(1), index)
-        states = _check_cell_dtypes(input, states, self.weight_ih, self.weight_hh)
+        checks.check_cell_hx(self, hx)
+        checks.check_cell_weight_types(self)
+        for check in self._shape_checks:
+            check(self, input, states)
+        checks.check_cell_gemms(self, input, states)
         out = self._step(input.unsqueeze(0), states)
         out = out if isinstance(out, tuple) else (out,)
         if not is_batched:
@@ -325,8 +269,18 @@ class _FusedCellMixin:
         return out if self._n_states == 2 else out[0]
 
     def _step(self, x, states):
-        """One step of the layer op on x [1, B, I]: the new state(s)."""
+        """One step on x [1, B, I]: the new state(s). The fused op where it can run, else
+        fused_rnn.reference (torch.nn's equations in ATen ops: torch.nn's results and gradients):
+        with no hidden units (the op needs one), or an LSTM cell state that torch.nn's
+        forget_gate * c promotes to a wider dtype than the weights' (the op runs in one dtype)."""
         layer_op, op_kwargs = _LAYER_OPS[self._mode]
+        wide_c = False
+        if states is not None and self._n_states == 2:
+            c = checks.cell_state_as_weights(states[1], self.weight_hh)
+            wide_c = c is None
+            states = states if wide_c else (states[0], c)
+        if wide_c or self.weight_hh.size(1) == 0:
+            layer_op = _REFERENCE_OPS[layer_op]
         state = None if states is None else (states if self._n_states == 2 else states[0])
         _, state_n = layer_op(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, **op_kwargs)
         return state_n
@@ -335,6 +289,7 @@ class _FusedCellMixin:
 class RNNCell(_FusedCellMixin, nn.RNNCell):
     __doc__ = nn.RNNCell.__doc__
     _n_states = 1
+    _shape_checks = (checks.check_cell_weights, checks.check_cell_input, checks.check_cell_hidden)
 
     @property
     def _mode(self):  # the nonlinearity may be changed after construction; forward checks it
@@ -344,8 +299,10 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
 class GRUCell(_FusedCellMixin, nn.GRUCell):
     __doc__ = nn.GRUCell.__doc__
     _mode, _n_states = "GRU", 1
+    _shape_checks = (checks.check_cell_input, checks.check_cell_hidden, checks.check_cell_weights)
 
 
 class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     __doc__ = nn.LSTMCell.__doc__
     _mode, _n_states = "LSTM", 2
+    _shape_checks = (checks.check_cell_input, checks.check_cell_weights, checks.check_cell_hidden)

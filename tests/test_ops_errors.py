@@ -50,6 +50,12 @@ def _complex_lstm(device):
         (lambda d: _lstm(d, torch.randn(7, 3), batch_sizes=torch.tensor([3, 2, 1])), "sum to 6"),
         (lambda d: _lstm(d, torch.randn(6, 3), batch_sizes=torch.tensor([3, 3, 0])), "positive"),
         (lambda d: _lstm(d, torch.randn(6, 3), batch_sizes=torch.tensor([3.0, 2.0, 1.0])), "int64 CPU"),
+        # Summing to 2**64 + 6 wrapped around to the 6 rows and passed, then asked for 8 TB.
+        (lambda d: _lstm(d, torch.randn(6, 3), h0=torch.zeros(1, 1).expand(2**62 + 2, 1),
+                         c0=torch.zeros(1, 1).expand(2**62 + 2, 1), H=1,
+                         batch_sizes=torch.tensor([2**62 + 2, 2**62 + 2, 2**62 + 1, 2**62 + 1])),
+         "batch_sizes sum to more than the 6 rows"),
+        (lambda d: _lstm(d, torch.randn(5, 2, 4)), r"input_size from input"),
         (lambda d: _complex_lstm(d), "floating-point input, but got ComplexFloat"),
         (lambda d: _lstm(d, torch.randint(0, 3, (5, 2, 3))), "floating-point input"),
     ],
@@ -83,6 +89,18 @@ def _backward_args(case, grad_h_n=None, grad_c_n=None):
     return backward, (*grads, *forward_args, outputs[-1], reverse)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_checks_workspace_dtype_and_device(device):
+    """Before: a float32 workspace of the right shape failed in data_ptr<double> with "expected
+    scalar type Double but found Float", naming no argument."""
+    case = make_case("gru", device=device, requires_grad=False)
+    op, args = _backward_args(case)
+    args = list(args)
+    args[-2] = args[-2].float()
+    with pytest.raises(RuntimeError, match="expected workspace to have the dtype and device of input"):
+        op(*args)
+
+
 @pytest.mark.parametrize("rows", [2, 6], ids=["fewer_rows", "more_rows"])
 @pytest.mark.parametrize("cell,which", [("lstm", "grad_h_n"), ("lstm", "grad_c_n"), ("gru", "grad_h_n"),
                                         ("rnn_tanh", "grad_h_n")])
@@ -94,3 +112,16 @@ def test_backward_op_checks_final_state_grads(device, cell, which, rows):
     op, args = _backward_args(case, **{which: torch.randn(rows, 5, dtype=torch.float64, device=device)})
     with pytest.raises(RuntimeError, match=f"expected {which} of shape"):
         op(*args)
+
+
+@pytest.mark.parametrize("which", range(5))
+def test_a_meta_tensor_among_cpu_ones_is_refused(which):
+    """A meta tensor makes the dispatcher pick the fake kernel, which accepted it and returned
+    meta outputs for a CPU call; it now checks devices as the C++ ops do."""
+    case = make_case("gru", requires_grad=False)
+    args = [case.input, case.states[0], *case.weights]
+    names = ["input", "h0", "weight_ih", "weight_hh", "bias_ih"]
+    args[which] = args[which].to("meta")
+    expected = "h0" if which == 0 else names[which]  # a meta input: the next tensor is off its device
+    with pytest.raises(RuntimeError, match=f"expected {expected} to be on"):
+        functional.gru(*args, reverse=case.reverse)

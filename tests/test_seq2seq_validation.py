@@ -191,6 +191,13 @@ def test_an_empty_batch_gives_an_empty_result(device, strategy, attention):
     assert out.attention is None if attention is None else out.attention.shape == (0, 4, 6)
 
 
+def test_an_empty_batch_still_checks_max_len():
+    """Found by the adversarial suite: an int max_len < 0 was checked per row only, so B = 0 took it."""
+    m = model()
+    with pytest.raises(ValueError, match=r"max_len: expected >= 0, got -1"):
+        m.generate(torch.zeros(0, 6, dtype=torch.long), torch.zeros(0, dtype=torch.long), max_len=-1)
+
+
 # ---- option types ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,match", [
     (dict(strategy="sample", top_k=True), r"top_k: expected None or an int >= 1, got True"),

@@ -17,6 +17,7 @@
 #include "../device.h"
 #include "spin_barrier.h"
 #include "step_weight.h"
+#include "usable_cpus.h"
 
 namespace fused_rnn::cpu {
 
@@ -42,7 +43,9 @@ inline int64_t split_workers(int64_t n_steps, const StepPlan& plan, int64_t lane
   }
   const int64_t fmas = plan.rows * plan.depth * plan.gates * plan.hidden;
   const int64_t panels = (plan.hidden + lanes - 1) / lanes;
-  return std::min({int64_t(at::get_num_threads()), panels, std::max<int64_t>(1, fmas / kMinSplitFmas)});
+  // Never more workers than CPUs to run them: more threads than that (set_num_threads(8) on two
+  // cores, a container's CPU quota) would leave the barrier waiting on threads that are not running.
+  return std::min({int64_t(at::get_num_threads()), usable_cpus(), panels, std::max<int64_t>(1, fmas / kMinSplitFmas)});
 #else
   return 1;  // the barrier needs every worker running at once, which only OpenMP's team promises
 #endif

@@ -96,6 +96,8 @@ def max_len_per_row(max_len, src_lengths: Tensor) -> Tensor:
     if isinstance(max_len, Tensor):
         out = check_max_len(max_len, src_lengths.shape[0]).to(device=device, dtype=torch.long)
     elif is_int(max_len):
+        if max_len < 0:  # checked here too: an empty batch has no row to check below
+            raise ValueError(f"max_len: expected >= 0, got {max_len}")
         out = torch.full(src_lengths.shape, max_len, dtype=torch.long, device=device)
     elif isinstance(max_len, tuple) and len(max_len) == 2 and all(is_number(x) for x in max_len):
         a, b = max_len
