@@ -39,7 +39,9 @@ def _batch(input, batch_sizes):
     if batch_sizes is not None:
         well_formed = (batch_sizes.dim() == 1 and batch_sizes.numel() > 0 and batch_sizes.dtype == torch.int64
                        and batch_sizes.device.type == "cpu")
-        return int(batch_sizes[0]) if well_formed else 0
+        # .item(), not int(): export (non-strict) makes an unbacked size of it, where int()
+        # would need the data-dependent value itself.
+        return batch_sizes[0].item() if well_formed else 0
     return input.size(1) if input.dim() == 3 else 0
 
 

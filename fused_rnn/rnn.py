@@ -232,6 +232,10 @@ class RNN(_FusedRNNMixin, nn.RNN):
     __doc__ = nn.RNN.__doc__
 
 
+# torch.compile(model, fullgraph=True) traces these without the user setting a dynamo flag.
+_torch_private.allow_in_dynamo(_FusedRNNMixin)
+
+
 # ---------------------------------------------------------------------------------------------
 # Cells: one time step = the layer op with T = 1 (or the reference where the op cannot run: _step).
 # ---------------------------------------------------------------------------------------------
