@@ -1,8 +1,9 @@
-// The op schemas (TORCH_LIBRARY), their CPU impls, and the Python module _C: build facts,
+// The op schemas (TORCH_LIBRARY), their CPU and autocast impls, and the Python module _C: build facts,
 // the cells' facts (gate count, workspace) for the Python side, CPU scratch, and _C.testing.
 // CUDA impls are registered by ops_cuda.cpp, compiled only when CUDA is built.
 #include <torch/extension.h>
 
+#include "autocast.h"
 #include "cpu_device.h"
 #include "op_impls.h"
 
@@ -38,6 +39,15 @@ TORCH_LIBRARY(fused_rnn, m) {
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { FUSED_RNN_REGISTER_IMPLS(m, fused_rnn::CpuDevice); }
+
+// Autocast for both devices here: the kernels only cast and redispatch, so a CPU-only build
+// registers the CUDA one too (it is reached only with CUDA tensors).
+TORCH_LIBRARY_IMPL(fused_rnn, AutocastCPU, m) {
+  fused_rnn::register_autocast<c10::DeviceType::CPU, fused_rnn::OpImpls<fused_rnn::CpuDevice>>(m);
+}
+TORCH_LIBRARY_IMPL(fused_rnn, AutocastCUDA, m) {
+  fused_rnn::register_autocast<c10::DeviceType::CUDA, fused_rnn::OpImpls<fused_rnn::CpuDevice>>(m);
+}
 
 #ifndef FUSED_RNN_CUDA_ARCHS
 #define FUSED_RNN_CUDA_ARCHS ""

@@ -3,6 +3,10 @@
 Same signatures as fused_rnn.reference. ``input`` is time-major ``[T, B, I]``, or packed data
 ``[sum(batch_sizes), I]`` with ``batch_sizes`` exactly as in ``PackedSequence``; ``reverse``
 runs each sequence backwards within its own length. ``hx=None`` means zeros.
+
+Under ``torch.autocast`` the ops run in the autocast dtype (their floating arguments but
+float64 cast to it, weights once per autocast region) and return it; the modules convert
+their results to torch.nn's dtypes (fused_rnn/_autocast.py).
 """
 import torch
 
@@ -52,33 +56,6 @@ def _zeros(input, batch_sizes, weight_hh, dim, gates=1):
     return input.new_zeros((_batch(input, batch_sizes), width))
 
 
-def _autocast(input, *args):
-    """Under ``torch.autocast("cuda")``, the arguments of a CUDA input in the autocast dtype.
-
-    torch.nn's RNNs run in low precision under CUDA autocast, but a custom op gets no autocast
-    casts of its own (and needs all its tensors in one dtype), so they are made here: every
-    floating tensor but float64 (which autocast leaves alone too) goes to
-    ``torch.get_autocast_dtype("cuda")``, through ``.to`` so that gradients flow back to the
-    float32 originals in float32. Tuples (LSTM's hx) are cast element-wise; None passes.
-    Returns ``(input, *args)``, unchanged outside CUDA autocast.
-
-    One difference: torch.nn's cuDNN RNNs run in float16 under any CUDA autocast dtype (ATen's
-    autocast wrapper of _cudnn_rnn casts to half); here bfloat16 autocast runs bfloat16.
-    """
-    if not (input.is_cuda and torch.is_autocast_enabled("cuda")):
-        return (input, *args)
-    dtype = torch.get_autocast_dtype("cuda")
-
-    def cast(t):
-        if isinstance(t, (tuple, list)):
-            return type(t)(cast(v) for v in t)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype not in (dtype, torch.float64):
-            return t.to(dtype)
-        return t
-
-    return tuple(cast(t) for t in (input, *args))
-
-
 def _needs_workspace(*tensors):
     """Keep what backward needs only when a gradient can be asked for."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -103,8 +80,6 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=
     """Returns ``(output, (h_n, c_n))``; with ``weight_hr`` [P, H] the output and h are projected."""
     _check_types("lstm", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
                  batch_sizes=batch_sizes)
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = _autocast(
-        input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     if hx is None:
         hx = (_zeros(input, batch_sizes, weight_hh, 1), _zeros(input, batch_sizes, weight_hh, 0, gates=4))
     h0, c0 = hx
@@ -117,7 +92,6 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=
 def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes=None, reverse=False):
     """Returns ``(output, h_n)``."""
     _check_types("gru", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, batch_sizes=batch_sizes)
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh = _autocast(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
     h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     output, h_n, _ = _call(ops.gru_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
@@ -130,7 +104,6 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes
     """Returns ``(output, h_n)``; ``nonlinearity`` is ``"tanh"`` or ``"relu"``."""
     _check_types(f"rnn_{nonlinearity}", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
                  batch_sizes=batch_sizes)
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh = _autocast(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
     h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     output, h_n, _ = _call(ops.rnn_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,

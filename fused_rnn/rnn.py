@@ -21,8 +21,8 @@ import torch.nn.functional as torch_F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _autocast, _torch_private, functional, reference
 from . import _nn_checks as checks
-from . import _torch_private, functional, reference
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -186,11 +186,16 @@ class _FusedRNNMixin:
             if hx is not None:
                 hx = self._check_hx_dims(hx, is_batched)
             self._check_args(input, hx, batch_sizes)
+        # The initial state torch.nn's pointwise math promotes with under autocast.
+        initial_dtype = input.dtype if hx is None else (hx[1] if is_lstm else hx).dtype
         hx = self._check_kernel_args(input, hx, batch_sizes, weights)
 
         if batch_sizes is None and self.batch_first:
             input = input.transpose(0, 1)
-        output, h_n, c_n = self._run_layers(input, hx, batch_sizes, weights)
+        with _autocast.region(input.device):
+            output, h_n, c_n = self._run_layers(input, hx, batch_sizes, weights)
+        (output, h_n), c_n = _autocast.as_torch_nn(_autocast.module_kind(self, batch_sizes is not None),
+                                                   input.device, initial_dtype, (output, h_n), c_n)
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if isinstance(orig_input, PackedSequence):
@@ -268,6 +273,9 @@ class _FusedCellMixin:
         checks.check_cell_gemms(self, input, states)
         out = self._step(input.unsqueeze(0), states)
         out = out if isinstance(out, tuple) else (out,)
+        initial_dtype = input.dtype if states is None else states[-1].dtype  # c0 for LSTMCell
+        (h,), c = _autocast.as_torch_nn(self._kind, input.device, initial_dtype, out[:1], (out + (None,))[1])
+        out = (h,) if c is None else (h, c)
         if not is_batched:
             out = tuple(s.squeeze(0) for s in out)
         return out if self._n_states == 2 else out[0]
@@ -292,7 +300,7 @@ class _FusedCellMixin:
 
 class RNNCell(_FusedCellMixin, nn.RNNCell):
     __doc__ = nn.RNNCell.__doc__
-    _n_states = 1
+    _kind, _n_states = "RNNCell", 1
     _shape_checks = (checks.check_cell_weights, checks.check_cell_input, checks.check_cell_hidden)
 
     @property
@@ -302,11 +310,11 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
 
 class GRUCell(_FusedCellMixin, nn.GRUCell):
     __doc__ = nn.GRUCell.__doc__
-    _mode, _n_states = "GRU", 1
+    _kind, _mode, _n_states = "GRUCell", "GRU", 1
     _shape_checks = (checks.check_cell_input, checks.check_cell_hidden, checks.check_cell_weights)
 
 
 class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     __doc__ = nn.LSTMCell.__doc__
-    _mode, _n_states = "LSTM", 2
+    _kind, _mode, _n_states = "LSTMCell", "LSTM", 2
     _shape_checks = (checks.check_cell_input, checks.check_cell_weights, checks.check_cell_hidden)

@@ -73,44 +73,6 @@ def test_low_precision_modules(device, mode, projected, layout, dtype):
             assert_close(a, t, f"grad of {name}")
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)], ids=["L1-uni", "L2-bi"])
-@pytest.mark.parametrize("layout", ["padded", "packed_unsorted"])
-@pytest.mark.parametrize("mode,projected", MODES, ids=MODE_IDS)
-def test_autocast_matches_torch_nn(mode, projected, layout, layers, bidirectional, dtype):
-    """float32 modules under torch.autocast("cuda"): outputs in low precision, values within
-    1e-2 of torch.nn's, gradients in float32 for the float32 leaves, and outputs and gradients
-    within 1e-2 of the float64 truth at the arguments rounded to the autocast dtype.
-
-    Output dtype: torch.nn's cuDNN RNN runs float16 under ANY autocast dtype (ATen's autocast
-    wrapper of _cudnn_rnn casts to half); fused_rnn runs the autocast dtype. So under float16
-    both give float16, under bfloat16 fused_rnn gives bfloat16 and torch.nn float16."""
-    ref, fused = build_pair(mode, projected, torch.float32, "cuda", num_layers=layers, bidirectional=bidirectional)
-    x, hx = make_leaves(ref, layout, torch.float32, "cuda")
-    packed = packing(layout, "cuda")
-    with torch.autocast("cuda", dtype=dtype):
-        want = run(ref, x, hx, *packed)[0]
-        got = run(fused, x, hx, *packed)[0]
-    for name, a, b in zip(OUTPUT_NAMES, got, want):
-        assert a.dtype == dtype, f"{name}: {a.dtype}"
-        assert b.dtype in (dtype, torch.float16), f"torch.nn's {name}: {b.dtype}"
-        assert_close(a, b, f"{name} against torch.nn")
-
-    grad_outputs = [torch.randn_like(r, dtype=torch.float32) for r in got]
-    got_grads = torch.autograd.grad(got, [x, *hx, *fused.parameters()], [g.to(dtype) for g in grad_outputs])
-    want_grads = torch.autograd.grad(want, [x, *hx, *ref.parameters()],
-                                     [g.to(w.dtype) for g, w in zip(grad_outputs, want)])
-    truth, truth_grads, _ = module_cases.float64_truth(ref, x, hx, dtype, [g.to(dtype) for g in grad_outputs], *packed)
-    for name, a, t in zip(OUTPUT_NAMES, got, truth):
-        assert_close(a, t, f"{name} against the truth")
-    for name, a, b, t in zip(module_cases.leaf_names(ref, hx), got_grads, want_grads, truth_grads):
-        assert a.dtype == b.dtype == torch.float32, f"grad of {name}: {a.dtype}, torch.nn's {b.dtype}"
-        assert torch.isfinite(a).all(), name
-        if mode != "RNN_RELU":  # float32 leaves, computed in the autocast dtype: its tolerance
-            assert_close(a, t, f"grad of {name}", tol=1e-2)
-
-
 class _ForwardOpCalls(TorchDispatchMode):
     """Records the `reverse` argument of every fused_rnn forward op called under it."""
 

@@ -95,23 +95,15 @@ def test_no_grad_call_below_autograd_matches(device, cell):
         torch.testing.assert_close(t, e, rtol=1e-6, atol=1e-6)
 
 
-def test_cpu_autocast_region_runs_in_the_input_dtype():
-    """torch.autocast("cpu") leaves the ops alone (CUDA's autocast casts: the next test)."""
-    case = make_case("lstm", dtype=torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, h, c = case.run(functional)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, case.run(functional)[0])
-
-
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("cell", ["lstm_proj", "gru", "rnn_tanh"])
-def test_functional_under_autocast(cell, dtype):
-    """Under torch.autocast("cuda") float32 arguments run in the autocast dtype; gradients come
-    back to the float32 leaves in float32; float64 arguments are left alone."""
-    case = nn_scaled(make_case(cell, packed=True, reverse=True, dtype=torch.float32, device="cuda", H=37, I=11))
-    with torch.autocast("cuda", dtype=dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_functional_under_autocast(device, cell, dtype):
+    """Under torch.autocast float32 arguments run in the autocast dtype (the ops' autocast
+    kernels); gradients come back to the float32 leaves in float32; float64 arguments are left
+    alone."""
+    case = nn_scaled(make_case(cell, packed=True, reverse=True, dtype=torch.float32, device=device, H=37, I=11))
+    with torch.autocast(device, dtype=dtype):
         outs = case.run(functional)
     assert all(o.dtype == dtype for o in outs)
     grad_out = [torch.randn_like(o) for o in outs]
@@ -125,8 +117,8 @@ def test_functional_under_autocast(cell, dtype):
         assert torch.equal(a, by_hand)
         assert_close(a, ref, f"output {i}")
 
-    case64 = make_case(cell, packed=True, device="cuda", T=3, B=3, I=2, H=3, P=2)
-    with torch.autocast("cuda", dtype=dtype):
+    case64 = make_case(cell, packed=True, device=device, T=3, B=3, I=2, H=3, P=2)
+    with torch.autocast(device, dtype=dtype):
         outs64 = case64.run(functional)
     assert all(o.dtype == torch.float64 for o in outs64)
 
