@@ -17,7 +17,7 @@ CUDA_HOME ?= $(or $(wildcard /usr/local/cuda),$(patsubst %/bin/nvcc,%,$(NVCC)))
 CXX ?= g++
 LINT_CXX := $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/*.cu' 2>/dev/null)
 
-.PHONY: setup build test lint bench demo info cuda-check gpu-check sanitize clean
+.PHONY: setup build test lint bench demo info cuda-check cross-check gpu-check sanitize clean
 
 setup: $(DEPS)
 
@@ -36,13 +36,15 @@ $(DEPS): Makefile
 
 build: $(BUILT)
 
-# Built into build/lib, then renamed into the package: a running process (a test run while
-# the extension is rebuilt) keeps the module it loaded, where an in-place copy would overwrite
-# the file under it.
+# One extension module per CPU level (setup.py: fused_rnn._C_default / _C_avx2 / _C_avx512),
+# one after the other (torch writes one build.ninja per temp folder). Built into build/lib,
+# then renamed into the package: a running process (a test run while the extension is
+# rebuilt) keeps the module it loaded, where an in-place copy would overwrite the file under it.
 # The stamp takes the time the build started, so a source edited during a build is rebuilt.
 $(BUILT): $(DEPS) $(CSRC)
 	@touch $@.started
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) setup.py -q build_ext --build-lib build/lib
+	@rm -f fused_rnn/_C.*.so  # the single-level module of older builds
 	@for f in build/lib/fused_rnn/_C*.so; do \
 	  cp "$$f" "fused_rnn/.$$(basename $$f).new" && mv -f "fused_rnn/.$$(basename $$f).new" "fused_rnn/$$(basename $$f)"; done
 	@mv $@.started $@
@@ -81,7 +83,7 @@ SAN_DIR := build/sanitize
 SAN_TESTS ?= tests/test_ops_numerics.py tests/test_ops_autograd.py tests/test_ops_errors.py \
   tests/test_ops_cpu_paths.py tests/test_cells.py tests/test_adversarial.py
 sanitize: $(DEPS)
-	FUSED_RNN_SANITIZE=1 FUSED_RNN_CPU_ONLY=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	FUSED_RNN_SANITIZE=1 FUSED_RNN_CPU_ONLY=1 FUSED_RNN_CPU_LEVELS=avx2 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	  $(VPY) setup.py -q build_ext --build-lib $(SAN_DIR)/lib --build-temp $(SAN_DIR)/temp
 	@find fused_rnn -name '*.py' | while read f; do mkdir -p $(SAN_DIR)/lib/$$(dirname $$f); cp $$f $(SAN_DIR)/lib/$$f; done
 	cd $(SAN_DIR)/lib && \
@@ -95,9 +97,29 @@ lint: $(DEPS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/clang-format --dry-run --Werror $(LINT_CXX)
 
+# The C++ sources must build for aarch64 (Graviton, Ampere, Apple silicon under Linux): every
+# .cpp syntax-checked by Debian's aarch64 cross compiler against torch's headers (the same for
+# every architecture; ATen's Vectorized then takes its NEON path). The compiler is installed
+# with apt-get where missing and we are root (CI is); otherwise skipped with a message, except
+# under CI=true, where it fails.
+AARCH64_CXX ?= aarch64-linux-gnu-g++
+TORCH_INC = $(shell $(VPY) -c "import torch.utils.cpp_extension as c; print(' '.join(c.include_paths()))" 2>/dev/null)
+PY_INC = $(shell $(VPY) -c "import sysconfig; print(sysconfig.get_paths()['include'])" 2>/dev/null)
+cross-check: $(DEPS)
+	@if ! command -v $(AARCH64_CXX) >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu) >/dev/null 2>&1; fi; \
+	if ! command -v $(AARCH64_CXX) >/dev/null; then \
+	  if [ "$(CI)" = "true" ]; then echo "cross-check: $(AARCH64_CXX) not found, and CI=true requires it"; exit 1; fi; \
+	  echo "cross-check: $(AARCH64_CXX) not found, skipped"; exit 0; fi; \
+	for f in csrc/ops.cpp csrc/recurrence.cpp; do \
+	  $(AARCH64_CXX) -std=c++20 -fsyntax-only -fopenmp -Wall -Wno-psabi -DTORCH_EXTENSION_NAME=_C_default \
+	    $(addprefix -isystem ,$(TORCH_INC)) -isystem $(PY_INC) $$f || exit 1; \
+	done; echo "cross-check: csrc builds for aarch64 ($$($(AARCH64_CXX) -dumpversion))"
+
 test: $(BUILT)
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory cuda-check
+	@$(MAKE) --no-print-directory cross-check
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
 
 bench: $(BUILT)

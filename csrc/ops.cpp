@@ -52,6 +52,9 @@ TORCH_LIBRARY_IMPL(fused_rnn, AutocastCUDA, m) {
 #ifndef FUSED_RNN_CUDA_ARCHS
 #define FUSED_RNN_CUDA_ARCHS ""
 #endif
+#ifndef FUSED_RNN_CPU_LEVEL
+#define FUSED_RNN_CPU_LEVEL "default"
+#endif
 
 namespace {
 
@@ -94,6 +97,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("has_cuda") = false;
 #endif
   m.attr("cuda_archs") = FUSED_RNN_CUDA_ARCHS;
+  m.attr("cpu_level") = FUSED_RNN_CPU_LEVEL;  // setup.py: the CPU level this module's kernels target
   pybind11::dict cells;
   cells["lstm"] = cell_facts<fused_rnn::LstmCell>();
   cells["gru"] = cell_facts<fused_rnn::GruCell>();

@@ -14,7 +14,8 @@ def info():
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     archs = _ops._C.cuda_archs or "-"
     print(f"CUDA kernels built: {'yes' if _ops._C.has_cuda else 'no'} (archs: {archs})")
-    print(f"CPU threads: {torch.get_num_threads()}, CPU capability: {torch.backends.cpu.get_cpu_capability()}")
+    print(f"CPU threads: {torch.get_num_threads()}, ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}, "
+          f"fused_rnn CPU kernels: {_ops._C.cpu_level} ({_ops._C.__name__})")
     devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     print("devices: " + ", ".join(devices))
 

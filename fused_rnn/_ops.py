@@ -1,20 +1,33 @@
 """Loads the compiled extension and gives its ops (torch.ops.fused_rnn.*) fake kernels for
 torch.compile and autograd formulas (the backward ops; double backward via the reference)."""
+import importlib
 import math
 
 import torch
 
-try:
-    from . import _C
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(
-        "fused_rnn's compiled extension (fused_rnn._C) could not be loaded: "
-        f"{error}. Build it from the repository root with `make build` "
-        "(or `pip install --no-build-isolation -e .`)."
-    ) from error
-
 from . import reference
 
+# fused_rnn._C_<level>: the extension built for each CPU level (setup.py). The widest that
+# ATen itself runs at is loaded (torch.backends.cpu.get_cpu_capability(): the CPU's features,
+# lowered by ATEN_CPU_CAPABILITY=default|avx2|avx512 as for ATen's kernels).
+_LEVELS = {"AVX512": ("avx512", "avx2", "default"), "AVX2": ("avx2", "default")}
+
+
+def _load_extension():
+    capability = torch.backends.cpu.get_cpu_capability()
+    errors = []
+    for level in _LEVELS.get(capability, ("default",)):
+        try:
+            return importlib.import_module(f"{__package__}._C_{level}")
+        except ImportError as error:
+            errors.append(f"_C_{level}: {error}")
+    raise ImportError(  # pragma: no cover - exercised only on a broken install
+        f"fused_rnn's compiled extension could not be loaded (CPU capability {capability}): "
+        f"{'; '.join(errors)}. Build it from the repository root with `make build` "
+        "(or `pip install --no-build-isolation -e .`).")
+
+
+_C = _load_extension()
 ops = torch.ops.fused_rnn
 
 
