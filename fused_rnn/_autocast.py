@@ -5,8 +5,9 @@ autocast dtype and run in it (csrc/autocast.h): GEMMs in bf16/fp16, pointwise ma
 torch.nn returns different dtypes per module, because its kernels differ:
 
 CPU
-  * LSTM without projection on padded input runs oneDNN, whose autocast kernel casts every
-    argument: output, h_n and c_n come back in the autocast dtype.
+  * LSTM without projection on padded input, or on packed input whose sequences all have one
+    length, runs oneDNN, whose autocast kernel casts every argument: output, h_n and c_n come
+    back in the autocast dtype.
   * Every other module and every cell runs ATen's cell loop, in which only the GEMMs (linear)
     autocast; the pointwise math promotes with the state it updates. So a state becomes
     ``promote_types(autocast dtype, dtype of its initial value)`` where the update mixes the
@@ -63,13 +64,28 @@ def autocast_dtype(device):
     return torch.get_autocast_dtype(device.type)
 
 
-def module_kind(module, packed):
-    """The RULES key of a multi-layer module call."""
+def module_kind(module, batch_sizes):
+    """The RULES key of a multi-layer module call (batch_sizes: None for padded input)."""
     if module.mode != "LSTM":
         return "GRU" if module.mode == "GRU" else "RNN"
     if module.proj_size > 0:
         return "LSTM with proj_size"
-    return "LSTM" if packed else "LSTM, padded, no proj_size"
+    return "LSTM, padded, no proj_size" if batch_sizes is None or _same_lengths(batch_sizes) else "LSTM"
+
+
+def _same_lengths(batch_sizes):
+    """torch.nn runs a packed LSTM whose sequences all have one length through oneDNN as padded
+    input. (batch_sizes does not increase: all equal iff the first equals the last.) Under
+    torch.compile this data-dependent test would break the graph: there packed input counts as
+    of varied lengths."""
+    return not torch.compiler.is_compiling() and bool(batch_sizes[0] == batch_sizes[-1])
+
+
+def module_results(module, batch_sizes, device, initial_dtype, h_results, c_result=None):
+    """as_torch_nn for a module call: unchanged outside autocast."""
+    if autocast_dtype(device) is None:
+        return h_results, c_result
+    return as_torch_nn(module_kind(module, batch_sizes), device, initial_dtype, h_results, c_result)
 
 
 def region(device):

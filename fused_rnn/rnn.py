@@ -194,8 +194,8 @@ class _FusedRNNMixin:
             input = input.transpose(0, 1)
         with _autocast.region(input.device):
             output, h_n, c_n = self._run_layers(input, hx, batch_sizes, weights)
-        (output, h_n), c_n = _autocast.as_torch_nn(_autocast.module_kind(self, batch_sizes is not None),
-                                                   input.device, initial_dtype, (output, h_n), c_n)
+        (output, h_n), c_n = _autocast.module_results(self, batch_sizes, input.device, initial_dtype,
+                                                      (output, h_n), c_n)
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if isinstance(orig_input, PackedSequence):

@@ -66,3 +66,37 @@ def test_bench_cases_and_options():
     assert [(c.batch, c.hidden, c.input_size) for c in picked] == [(3, 16, 16), (5, 16, 16)]
     lengths = bench.packed_lengths(100, 64, seed=1)
     assert lengths == sorted(lengths, reverse=True) and lengths[0] == 100 and min(lengths) >= 30
+
+
+def test_bench_quick_autocast_names_it(tmp_path, capsys):
+    out = tmp_path / "autocast.json"
+    rc = bench.main(["--quick", "--autocast", "bf16", "--device", "cpu", "--batch", "2",
+                     "--threads", "1", "--no-progress", "--no-plot", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["autocast"] == "bf16"
+    rows = data["results"]
+    assert {r["cell"] for r in rows} == {"lstm", "gru", "rnn"}
+    # CPU autocast: results in torch.nn's per-module dtypes (fused_rnn/_autocast.py).
+    padded = {"lstm": "bf16,bf16,bf16", "gru": "fp32,fp32", "rnn": "bf16,bf16"}
+    for r in rows:
+        assert r["autocast"] == "bf16" and r["dtype"] == "fp32", r["case"]
+        assert "autocast=bf16" in r["case"]
+        assert "error" not in r and "skipped" not in r, r
+        assert math.isfinite(r["rel_diff"]) and r["torch_ms"] > 0 and r["fused_ms"] > 0
+        if not r["packed"]:
+            assert r["out_dtypes"] == padded[r["cell"]], r
+    printed = capsys.readouterr().out
+    assert "autocast=bf16" in printed and "autocast: bf16" in printed
+    assert "autocast=bf16" in out.with_suffix(".md").read_text()
+
+
+def test_bench_autocast_options(capsys):
+    device = bench.resolve_device("cpu")
+    cases = bench.build_cases(bench.parse_args(["--quick", "--autocast", "fp16"]), device)
+    assert cases and {(c.dtype, c.autocast, c.precision) for c in cases} == {
+        ("fp32", "fp16", "fp16")}  # the quick sweep's bf16 dtype variant folds into fp32
+    assert all(c.autocast is None for c in bench.build_cases(bench.parse_args([]), device))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--autocast", "bf16", "--dtype", "bf16"])
+    assert "--autocast bf16" in capsys.readouterr().err

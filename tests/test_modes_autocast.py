@@ -111,7 +111,7 @@ def _leaf(*shape, device):
 @pytest.mark.parametrize("low", LOW, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("with_hx", [False, True], ids=["no_hx", "hx"])
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)], ids=["L1-uni", "L2-bi"])
-@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("layout", ["padded", "packed", "packed-equal"])  # equal lengths: oneDNN in torch.nn
 @pytest.mark.parametrize("mode,projected", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_modules_return_torch_nn_dtypes(device, mode, projected, layout, layers, bidirectional, with_hx, low):
@@ -122,7 +122,7 @@ def test_modules_return_torch_nn_dtypes(device, mode, projected, layout, layers,
     if with_hx:
         h = _leaf(layers * (1 + bidirectional), s.B, s.proj_size(projected) or s.H, device=device)
         hx = (h, _leaf(layers * (1 + bidirectional), s.B, s.H, device=device)) if mode == "LSTM" else h
-    lengths = torch.tensor(s.lengths["packed_unsorted"])
+    lengths = torch.tensor(s.lengths["packed_unsorted"] if layout == "packed" else [s.T] * s.B)
 
     def pack(t):
         return t if layout == "padded" else pack_padded_sequence(t, lengths, enforce_sorted=False)

@@ -25,7 +25,7 @@ SUSPECT_REL_DIFF = {"fp64": 1e-9, "fp32": 1e-4, "fp32+tf32": 2e-2, "fp16": 5e-2,
 
 # The standard case (PyTorch's fastrnns default) and the sweeps of docs/DESIGN.md §5.
 STANDARD = {"seq_len": 100, "batch": 64, "input_size": None, "hidden": 512, "layers": 1,
-            "bidirectional": False, "packed": False, "dtype": "fp32"}
+            "bidirectional": False, "packed": False, "dtype": "fp32", "autocast": None}
 SHORT_BATCHES = (1, 8, 64, 256)
 FULL_VARIANTS = ({}, {"hidden": 256}, {"hidden": 1024}, {"seq_len": 1000}, {"layers": 4},
                  {"bidirectional": True}, {"packed": True})
@@ -33,7 +33,7 @@ FULL_VARIANTS = ({}, {"hidden": 256}, {"hidden": 1024}, {"seq_len": 1000}, {"lay
 # torch.nn does), so the full sweep measures them everywhere.
 FULL_LOW_PRECISION = ({"dtype": "bf16"}, {"dtype": "fp16"})
 QUICK = {"seq_len": 10, "batch": None, "input_size": None, "hidden": 32, "layers": 1,
-         "bidirectional": False, "packed": False, "dtype": "fp32"}
+         "bidirectional": False, "packed": False, "dtype": "fp32", "autocast": None}
 QUICK_BATCHES = (1, 4)
 QUICK_VARIANTS = ({}, {"layers": 2, "bidirectional": True}, {"packed": True}, {"dtype": "bf16"})
 PACKED_MIN_FRACTION = 0.3  # packed lengths drawn in [0.3 T, T]: 30..100 for T = 100
@@ -43,7 +43,8 @@ _TF32 = {"off": [False], "on": [True], "both": [False, True]}
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark configuration; ``tf32`` is None where it does not apply (CPU, not fp32)."""
+    """One benchmark configuration; ``tf32`` is None where it does not apply (CPU, not fp32);
+    ``autocast`` ("bf16", "fp16" or None) runs both sides' float32 modules under torch.autocast."""
     cell: str
     seq_len: int
     batch: int
@@ -54,6 +55,7 @@ class Case:
     packed: bool = False
     dtype: str = "fp32"
     tf32: bool | None = None
+    autocast: str | None = None
 
     def tokens(self, with_batch=True):
         t = [self.cell, f"T{self.seq_len}"]
@@ -65,6 +67,8 @@ class Case:
         if self.packed:
             t.append("packed")
         t.append(self.dtype)
+        if self.autocast is not None:
+            t.append(f"autocast={self.autocast}")
         if self.tf32 is not None:
             t.append(f"tf32={'on' if self.tf32 else 'off'}")
         return t
@@ -84,7 +88,8 @@ class Case:
 
     @property
     def precision(self):
-        return "fp32+tf32" if self.tf32 else self.dtype
+        """The key of SUSPECT_REL_DIFF: autocast's dtype, where the case runs under it."""
+        return self.autocast or ("fp32+tf32" if self.tf32 else self.dtype)
 
 
 def packed_lengths(seq_len, batch, seed):
@@ -125,7 +130,10 @@ def build_cases(args, device):
     axes = {k: [v] for k, v in base.items()}
     axes["batch"] = list(batches)
     # An axis given on the command line replaces that axis in every variant.
-    overrides = {k: getattr(args, k) for k in axes if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in axes
+                 if k != "autocast" and getattr(args, k) is not None}
+    if args.autocast != "off":  # float32 modules and inputs under torch.autocast
+        overrides.update(autocast=[args.autocast], dtype=["fp32"])
     cases = []
     for variant in variants:
         grid = {**axes, **{k: [v] for k, v in variant.items()}, **overrides}

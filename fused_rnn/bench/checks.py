@@ -1,7 +1,9 @@
 """Is the fused result right, and what does each side keep alive for backward?
 
 The relative difference of fused_rnn against torch.nn (outputs, and in fwd+bwd every
-gradient), the bytes autograd saves for backward, and torch.nn's kernel family.
+gradient), the dtypes of the results (under autocast they differ per module, see
+fused_rnn/_autocast.py: both sides should agree), the bytes autograd saves for backward,
+torch.nn's kernel family, and whether torch.nn runs the case at all under autocast.
 """
 from __future__ import annotations
 
@@ -10,7 +12,26 @@ import math
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
+from .cases import DTYPE_NAME
+
 SIDES = ("torch", "fused")
+
+
+class TorchUnsupported(Exception):
+    """torch.nn itself cannot run the case (under autocast: e.g. oneDNN's LSTM has no fp16
+    primitive on some CPUs): its rows are skipped, not failed."""
+
+
+def probe_torch(pair, mode):
+    """Run torch.nn once in the code path that ``mode`` times; its error becomes a skip."""
+    prepare, run = pair.runner("torch", mode)
+    prepare(0)
+    try:
+        run(0)
+    except RuntimeError as e:
+        raise TorchUnsupported(f"torch.nn under autocast {pair.case.autocast}: {e}") from e
+    finally:
+        prepare(0)
 
 
 def flat_outputs(result):
@@ -28,6 +49,20 @@ def rel_diff(a, b):
     num, den = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
     value = num / den if den > 0 else num
     return value if math.isfinite(value) else math.inf
+
+
+def _dtype_names(results):
+    return ",".join(DTYPE_NAME.get(r.dtype, str(r.dtype)) for r in results)
+
+
+def dtype_fields(fused, ref):
+    """The dtypes of torch.nn's results and, where fused_rnn's differ (under autocast each
+    module has its own, see fused_rnn/_autocast.py), a note that flags the row."""
+    t, f = _dtype_names(ref), _dtype_names(fused)
+    info = {"out_dtypes": t}
+    if f != t:
+        info["dtype_mismatch"] = f"result dtypes: fused_rnn {f}, torch.nn {t}"
+    return info
 
 
 def _grad_diff(a, b):
@@ -91,9 +126,9 @@ def compare_forward(pair):
     """rel diff of the outputs under no_grad, on input set 0."""
     s = pair.sets[0]
     with torch.no_grad():
-        outs = {side: flat_outputs(pair.modules[side](s.x, s.hx)) for side in SIDES}
+        outs = {side: flat_outputs(pair.forward(side, s)) for side in SIDES}
     diff = max(rel_diff(a, b) for a, b in zip(outs["fused"], outs["torch"]))
-    return {"rel_diff_out": diff, "rel_diff": diff}
+    return {**dtype_fields(outs["fused"], outs["torch"]), "rel_diff_out": diff, "rel_diff": diff}
 
 
 def _train_step(pair, side, s):
@@ -102,7 +137,7 @@ def _train_step(pair, side, s):
     pair.clear_grads(side, s)
     hook = SavedBytes(list(module.parameters()) + s.leaves)
     with torch.autograd.graph.saved_tensors_hooks(hook.pack, hook.unpack):
-        result = module(s.x, s.hx)
+        result = pair.forward(side, s)
     outs = [t.detach().clone() for t in flat_outputs(result)]
     torch.autograd.backward(flat_outputs(result), s.grads)
     # Sorted by name: both sides have the same parameter names (state_dict compatible).
@@ -115,7 +150,8 @@ def compare_training(pair):
     s = pair.sets[0]
     steps = {side: _train_step(pair, side, s) for side in SIDES}
     (t_outs, t_grads, t_saved), (f_outs, f_grads, f_saved) = steps["torch"], steps["fused"]
-    info = {"rel_diff_out": max(rel_diff(a, b) for a, b in zip(f_outs, t_outs)),
+    info = {**dtype_fields(f_outs, t_outs),
+            "rel_diff_out": max(rel_diff(a, b) for a, b in zip(f_outs, t_outs)),
             "rel_diff_grad": max(_grad_diff(a, b) for a, b in zip(f_grads, t_grads))}
     info["rel_diff"] = max(info["rel_diff_out"], info["rel_diff_grad"])
     info["torch_saved_bytes"], info["fused_saved_bytes"] = t_saved, f_saved

@@ -64,6 +64,10 @@ def _what_to_run(g):
     g.add_argument("--dtype", type=_dtype_list, default=None,
                    help="comma-separated fp32,fp64,bf16,fp16; default fp32, plus bf16/fp16 in "
                         "the full sweep")
+    g.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
+                   help="run both sides (fp32 modules and inputs) under torch.autocast with "
+                        "this dtype, backward outside the region as in training; on CUDA both "
+                        "run in fp16 whatever the dtype, as cuDNN does")
     g.add_argument("--tf32", choices=("off", "on", "both"), default="off",
                    help="CUDA fp32: TF32 for both sides together (cuBLAS and cuDNN flags)")
     g.add_argument("--filter", metavar="REGEX", help="keep the cases whose name matches")
@@ -117,7 +121,12 @@ def parse_args(argv=None):
     _sizes(p.add_argument_group("sizes (each replaces that axis of the sweep; comma lists)"))
     _timing(p.add_argument_group("timing (defaults depend on the device; see bench/README.md)"))
     _output(p.add_argument_group("output"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.autocast != "off" and args.dtype not in (None, ["fp32"]):
+        p.error(f"--autocast {args.autocast} runs float32 modules and inputs under "
+                f"torch.autocast: it takes --dtype fp32 (the default), not --dtype "
+                f"{','.join(args.dtype)}")
+    return args
 
 
 def resolve_device(name):
@@ -148,7 +157,9 @@ def default_out(env, args):
     date = env["date_utc"][:10]
     suffix = "".join([f"-{args.sweep}" if args.sweep != "short" else "",
                       f"-tf32{args.tf32}" if env["device"] == "cuda" and args.tf32 != "off"
-                      else "", "-null" if args.null else ""])
+                      else "",
+                      f"-autocast{args.autocast}" if args.autocast != "off" else "",
+                      "-null" if args.null else ""])
     name = f"{date}-{device_slug(env)}{suffix}.json"
     if args.quick:  # a smoke run: nothing to keep in the repository
         return Path(tempfile.gettempdir()) / "fused_rnn-bench" / name.replace(".json",
@@ -159,7 +170,7 @@ def default_out(env, args):
 
 def _run_config(args, device, timing):
     return {"sweep": "quick" if args.quick else args.sweep, "modes": args.modes,
-            "tf32": args.tf32 if device.type == "cuda" else None,
+            "tf32": args.tf32 if device.type == "cuda" else None, "autocast": args.autocast,
             "timing": dict(zip(("warmup", "min_repeats", "max_repeats", "budget_s"), timing)),
             "input_sets": args.input_sets, "seed": args.seed,
             "rel_diff": "||fused - torch.nn||_2 / ||torch.nn||_2 in float64, max over outputs "
@@ -236,7 +247,7 @@ def _main(args, argv):
     files = ResultFiles(out, env, _run_config(args, device, timing)) if out else None
     _announce(cases, args, env, device, label)
     rows, interrupted = _measure(cases, device, timing, args, candidate, files)
-    legend = legend_text(env, timing, label)
+    legend = legend_text(env, timing, label, autocast=args.autocast)
     summ = print_report(rows, legend)
     if files:
         files.finish(rows, not interrupted, legend, label, with_plot)

@@ -2,6 +2,7 @@
 input sets both get, and the runners the timing loop calls."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import math
@@ -12,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import GRU, LSTM, RNN
 from .cases import DTYPES, packed_lengths
-from .checks import backend_of, compare_forward, compare_training, flat_outputs
+from .checks import backend_of, compare_forward, compare_training, flat_outputs, probe_torch
 
 MAX_INPUT_SETS = 16
 
@@ -113,24 +114,33 @@ class Pair:
         for t in s.leaves:
             t.grad = None
 
+    def _autocast(self):
+        if self.case.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.case.autocast])
+
+    def forward(self, side, s):
+        """One side's module on input set s, under the case's autocast (backward runs outside
+        it, as in a training loop)."""
+        with self._autocast():
+            return self.modules[side](s.x, s.hx)
+
     def runner(self, side, mode):
         """(prepare(i), run(i)) for input set i; prepare is outside the timed region."""
-        module = self.modules[side]
         if mode == "fwd":
             def prepare(i):
                 pass
 
             def run(i):
-                s = self.sets[i]
                 with torch.no_grad():
-                    module(s.x, s.hx)
+                    self.forward(side, self.sets[i])
         else:
             def prepare(i):
                 self.clear_grads(side, self.sets[i])
 
             def run(i):
                 s = self.sets[i]
-                torch.autograd.backward(flat_outputs(module(s.x, s.hx)), s.grads)
+                torch.autograd.backward(flat_outputs(self.forward(side, s)), s.grads)
         return prepare, run
 
     def set_mode(self, mode):
@@ -138,18 +148,30 @@ class Pair:
             m.train(mode == "fwdbwd")
 
     def torch_backend(self):
-        """The kernel family torch.nn runs in training mode: cuDNN, oneDNN, MIOpen or ATen."""
+        """The kernel family torch.nn runs in training mode: cuDNN, oneDNN, MIOpen or ATen; "-"
+        where it cannot train under the case's autocast (its fwd+bwd rows are skipped)."""
         if self._torch_backend is None:
-            s, module = self.sets[0], self.modules["torch"]
+            module = self.modules["torch"]
+            was_training = module.training
             module.train()
-            with torch.enable_grad():
-                self._torch_backend = backend_of(module(s.x, s.hx))
+            try:
+                with torch.enable_grad():
+                    self._torch_backend = backend_of(self.forward("torch", self.sets[0]))
+            except RuntimeError:
+                if self.case.autocast is None:
+                    raise
+                self._torch_backend = "-"
+            finally:
+                module.train(was_training)
         return self._torch_backend
 
     def check(self, mode):
-        """Compare the two sides on input set 0 in the code path that ``mode`` times."""
-        info = {"torch_backend": self.torch_backend()}
+        """Compare the two sides on input set 0 in the code path that ``mode`` times; under
+        autocast, first make sure that torch.nn runs it at all (else: TorchUnsupported)."""
         self.set_mode(mode)
+        if self.case.autocast is not None:
+            probe_torch(self, mode)
+        info = {"torch_backend": self.torch_backend()}
         info.update(compare_forward(self) if mode == "fwd" else compare_training(self))
         return info
 

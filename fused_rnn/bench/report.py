@@ -27,26 +27,35 @@ def _mib(v):
     return f"{v:.3f}" if v < 1 else f"{v:.1f}"
 
 
+def _unmeasured(row):
+    """'error: ...' or 'skipped: ...' for a row without times, else None."""
+    key = next((k for k in ("error", "skipped") if k in row), None)
+    return None if key is None else f"{key}: {row[key]}"
+
+
 def progress_line(row):
     head = f"{row['case']:<40} {MODE_LABEL[row['mode']]:<8} "
-    if "error" in row:
-        return head + f"error: {row['error']}"
+    note = _unmeasured(row)
+    if note:
+        return head + note
     return head + (f"torch.nn {row['torch_ms']:9.3f} ms  fused {row['fused_ms']:9.3f} ms  "
                    f"ratio {_fmt(row.get('ratio'), '.2f')}  rel.diff "
                    f"{_fmt(row.get('rel_diff'), '.1e')}")
 
 
 def _cells(r):
-    """The table cells of one row; an error row has one more cell, the error, past the last
-    column."""
-    if "error" in r:
+    """The table cells of one row; an error, skipped or dtype-mismatched row has one more
+    cell past the last column: the error, the reason or the dtypes."""
+    note = _unmeasured(r)
+    if note:
         return [r["case"], MODE_LABEL[r["mode"]], r.get("torch_backend", "-"),
-                "-", "-", "-", "-", "-", "-", f"error: {r['error'][:80]}"]
+                "-", "-", "-", "-", "-", "-", note[:120]]
     flag = " !" if r.get("suspect") else ""
     return [r["case"], MODE_LABEL[r["mode"]], r.get("torch_backend", "-"),
             f"{r['torch_ms']:.3f}", f"{r['fused_ms']:.3f}", _fmt(r.get("ratio"), ".2f"),
             _fmt(r.get("rel_diff"), ".1e") + flag,
-            _mib(r.get("torch_mem_bytes")), _mib(r.get("fused_mem_bytes"))]
+            _mib(r.get("torch_mem_bytes")), _mib(r.get("fused_mem_bytes"))] + (
+                [r["dtype_mismatch"]] if "dtype_mismatch" in r else [])
 
 
 def _markdown(body):
@@ -94,11 +103,20 @@ def summary(rows):
         if r.get("ratio") and _is_standard(r):
             out.setdefault("standard_case", {}).setdefault(r["cell"], {})[r["mode"]] = r["ratio"]
     out["errors"] = sum("error" in r for r in rows)
+    out["skipped"] = sum("skipped" in r for r in rows)
     out["suspect"] = sum(bool(r.get("suspect")) for r in rows)
     return out
 
 
-def legend_text(env, timing, candidate_label):
+def _autocast_line(autocast):
+    if autocast == "off":
+        return []
+    return [f"autocast: {autocast}: both sides' calls (float32 modules and inputs) under "
+            f"torch.autocast(dtype={autocast}), backward outside it; rel diff tolerance of "
+            f"{autocast}; result dtypes compared with torch.nn's (out_dtypes in the JSON)"]
+
+
+def legend_text(env, timing, candidate_label, autocast="off"):
     mem = ("CUDA max allocated during one fwd+bwd above the pre-call baseline"
            if env["device"] == "cuda" else
            "bytes autograd saves for backward (unique storages, parameters and inputs excluded)")
@@ -113,9 +131,10 @@ def legend_text(env, timing, candidate_label):
         (f"timing: warm-up {timing[0]}, {timing[1]}..{timing[2]} repeats within {timing[3]} s "
          "per case and mode, sides in random order per repeat"),
         ("rel diff = ||fused - torch.nn|| / ||torch.nn|| (float64, largest over outputs and, "
-         "for fwd+bwd, every gradient); '!' = above the tolerance of the dtype"),
+         "for fwd+bwd, every gradient); '!' = above the tolerance of the dtype, or result "
+         "dtypes other than torch.nn's"),
         f"MiB (fwd+bwd): {mem}",
-    ])
+    ] + _autocast_line(autocast))
 
 
 def print_report(rows, legend):
@@ -135,7 +154,10 @@ def print_report(rows, legend):
             f"{cell} " + " / ".join(f"{MODE_LABEL[m]} {r:.2f}" for m, r in modes.items())
             for cell, modes in summ["standard_case"].items()))
     if summ["errors"] or summ["suspect"]:
-        print(f"{summ['errors']} error(s), {summ['suspect']} row(s) above the rel diff tolerance")
+        print(f"{summ['errors']} error(s), {summ['suspect']} row(s) above the rel diff tolerance "
+              "or with result dtypes other than torch.nn's")
+    if summ["skipped"]:
+        print(f"{summ['skipped']} row(s) skipped: torch.nn cannot run them (reason in the row)")
     return summ
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import torch
 
 from .cases import MODES, SUSPECT_REL_DIFF
-from .checks import SIDES
+from .checks import SIDES, TorchUnsupported
 from .pairing import Pair
 from .report import progress_line
 from .tf32 import set_tf32, tf32_flags
@@ -122,13 +122,17 @@ def _memory_fields(pair, row):
 
 
 def _measure_mode(pair, mode, timing, rng, row):
-    """Check, time and (fwd+bwd) weigh one mode into ``row``; an error goes into the row."""
+    """Check, time and (fwd+bwd) weigh one mode into ``row``; an error, or the reason why
+    torch.nn cannot run it (a skip), goes into the row."""
     try:
         row.update(pair.check(mode))
         row.update(_timing_fields(measure(pair, mode, timing, rng)))
         if mode == "fwdbwd":
             row.update(_memory_fields(pair, row))
-        row["suspect"] = not (row["rel_diff"] <= SUSPECT_REL_DIFF.get(pair.case.precision, 1e-4))
+        limit = SUSPECT_REL_DIFF.get(pair.case.precision, 1e-4)
+        row["suspect"] = "dtype_mismatch" in row or not (row["rel_diff"] <= limit)
+    except TorchUnsupported as e:
+        row["skipped"] = str(e)
     except Exception as e:  # noqa: BLE001 - reported in the row, the sweep goes on
         if pair.device.type == "cuda" and isinstance(e, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
