@@ -54,7 +54,12 @@ stage_build() {
   arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
   export FUSED_RNN_CUDA_ARCHS=${FUSED_RNN_CUDA_ARCHS:-$arch}
   export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-  echo "torch $($PY -c 'import torch; print(torch.__version__, torch.version.cuda)'), archs $FUSED_RNN_CUDA_ARCHS"
+  # One CPU level, the one ATen runs at here: every level's module would compile the CUDA
+  # sources again (setup.py builds each level as a whole module).
+  local level
+  level=$($PY -c "import torch; c = torch.backends.cpu.get_cpu_capability().lower(); print(c if c in ('avx2', 'avx512') else 'default')")
+  export FUSED_RNN_CPU_LEVELS=${FUSED_RNN_CPU_LEVELS:-$level}
+  echo "torch $($PY -c 'import torch; print(torch.__version__, torch.version.cuda)'), archs $FUSED_RNN_CUDA_ARCHS, CPU level $FUSED_RNN_CPU_LEVELS"
   # (set -e does not apply inside a function run as an `if` condition: chain with &&)
   $PY setup.py build_ext --inplace &&
     $PY -c "import sys, fused_rnn; sys.exit(0 if fused_rnn._ops._C.has_cuda else 'fused_rnn._C was built without CUDA')"
