@@ -262,7 +262,7 @@ class _FusedCellMixin:
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
-            states = None if states is None else tuple(s.unsqueeze(0) for s in states)
+            states = None if states is None else self._unbatched_states(name, states)
         nonlinearity = getattr(self, "nonlinearity", None)  # RNNCell's is checked at each call
         if nonlinearity is not None and nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
@@ -279,6 +279,20 @@ class _FusedCellMixin:
         if not is_batched:
             out = tuple(s.squeeze(0) for s in out)
         return out if self._n_states == 2 else out[0]
+
+    def _unbatched_states(self, name, states):
+        """The states of an unbatched call with the batch dimension added. torch.nn reads an LSTM
+        hx as hx[0] and hx[1] here (IndexError for one state), and adds the dimension to a 2-D
+        state too: its kernel then broadcasts [1, B, H] into a wrongly shaped result, or crashes
+        (GRUCell, torch 2.13). Such a state is refused here instead."""
+        if len(states) < self._n_states:
+            raise IndexError("tuple index out of range")
+        for i, value in enumerate(states[:self._n_states]):
+            if value.dim() != 1:
+                label = f"hx[{i}]" if self._n_states == 2 else "hidden"
+                raise RuntimeError(f"{name}: for unbatched 1-D input, {label} should also be 1-D, "
+                                   f"but got a {value.dim()}-D tensor")
+        return tuple(s.unsqueeze(0) for s in states[:self._n_states])
 
     def _step(self, x, states):
         """One step on x [1, B, I]: the new state(s). The fused op where it can run, else

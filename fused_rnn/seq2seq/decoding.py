@@ -86,18 +86,21 @@ class DecodeOptions:
                              f"(it applies to 'beam'), got {beta!r}")
 
 
-def max_len_per_row(max_len, src_lengths: Tensor) -> Tensor:
+def max_len_per_row(max_len, src_lengths: Tensor, min_len: int = 0) -> Tensor:
     """The most tokens before EOS for each source ``[B]``: ``max_len`` an int, a ``[B]``
     integer tensor, a pair ``(a, b)`` for ``floor(a * src_length + b)``, or None for
-    ``(2, 10)``."""
+    ``(2, 10)``. An int below 0 or ``min_len`` is refused here, where an empty batch has no row
+    to check it on later."""
     device = src_lengths.device
     if max_len is None:
         max_len = (2, 10)
     if isinstance(max_len, Tensor):
         out = check_max_len(max_len, src_lengths.shape[0]).to(device=device, dtype=torch.long)
     elif is_int(max_len):
-        if max_len < 0:  # checked here too: an empty batch has no row to check below
+        if max_len < 0:
             raise ValueError(f"max_len: expected >= 0, got {max_len}")
+        if max_len < min_len:
+            raise ValueError(f"max_len: expected >= min_len ({min_len}) for every source, got {max_len}")
         out = torch.full(src_lengths.shape, max_len, dtype=torch.long, device=device)
     elif isinstance(max_len, tuple) and len(max_len) == 2 and all(is_number(x) for x in max_len):
         a, b = max_len

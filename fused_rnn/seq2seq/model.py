@@ -125,7 +125,7 @@ class Seq2Seq(nn.Module):
         # every check before the encoder runs; the ids of src only here, where a sync is no cost
         src = check_tokens("src", src, "S", vocab_size=self.encoder.vocab_size, vocab="src_vocab_size")
         lengths = check_lengths(src_lengths, src.shape[0], src.shape[1]).to(src.device)
-        max_len_t = max_len_per_row(max_len, lengths)
+        max_len_t = max_len_per_row(max_len, lengths, options.min_len)
         ids = dict(bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
                    blocked_ids=(self.pad_id, self.bos_id))
         check_decode_args(options, max_len_t, lengths, vocab_size=self.decoder.vocab_size,
