@@ -262,7 +262,7 @@ class _FusedCellMixin:
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
-            states = None if states is None else self._unbatched_states(name, states)
+            states = None if states is None else self._unbatched_states(states)
         nonlinearity = getattr(self, "nonlinearity", None)  # RNNCell's is checked at each call
         if nonlinearity is not None and nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
@@ -271,6 +271,8 @@ class _FusedCellMixin:
         for check in self._shape_checks:
             check(self, input, states)
         checks.check_cell_gemms(self, input, states)
+        if states is not None:
+            self._refuse_3d_states(name, states)
         out = self._step(input.unsqueeze(0), states)
         out = out if isinstance(out, tuple) else (out,)
         initial_dtype = input.dtype if states is None else states[-1].dtype  # c0 for LSTMCell
@@ -280,19 +282,24 @@ class _FusedCellMixin:
             out = tuple(s.squeeze(0) for s in out)
         return out if self._n_states == 2 else out[0]
 
-    def _unbatched_states(self, name, states):
-        """The states of an unbatched call with the batch dimension added. torch.nn reads an LSTM
-        hx as hx[0] and hx[1] here (IndexError for one state), and adds the dimension to a 2-D
-        state too: its kernel then broadcasts [1, B, H] into a wrongly shaped result, or crashes
-        (GRUCell, torch 2.13). Such a state is refused here instead."""
+    def _unbatched_states(self, states):
+        """The states of an unbatched call with the batch dimension added, as torch.nn adds it:
+        an LSTM hx is read as hx[0] and hx[1] (IndexError for one state), a 2-D state becomes
+        3-D (see _refuse_3d_states)."""
         if len(states) < self._n_states:
             raise IndexError("tuple index out of range")
-        for i, value in enumerate(states[:self._n_states]):
-            if value.dim() != 1:
+        return tuple(s.unsqueeze(0) for s in states[:self._n_states])
+
+    def _refuse_3d_states(self, name, states):
+        """A 2-D state given with unbatched input, which passed every check torch.nn makes: there
+        torch.nn's kernel broadcasts the [1, B, H] state into a wrongly shaped result, or crashes
+        (GRUCell, torch 2.13). Refused instead; where torch.nn's checks reject it, they ran first,
+        with torch.nn's messages."""
+        for i, value in enumerate(states):
+            if value.dim() == 3:
                 label = f"hx[{i}]" if self._n_states == 2 else "hidden"
                 raise RuntimeError(f"{name}: for unbatched 1-D input, {label} should also be 1-D, "
-                                   f"but got a {value.dim()}-D tensor")
-        return tuple(s.unsqueeze(0) for s in states[:self._n_states])
+                                   "but got a 2-D tensor")
 
     def _step(self, x, states):
         """One step on x [1, B, I]: the new state(s). The fused op where it can run, else

@@ -269,6 +269,18 @@ def test_cell_errors_match(name, kwargs, inp, hx, more, modify):
     assert_same_error(ref, fused, inp, hx)
 
 
+@pytest.mark.parametrize("name,kwargs", CELLS, ids=CELL_IDS)
+def test_cell_refuses_2d_state_for_unbatched_input(name, kwargs):
+    """A [hidden_size, hidden_size] state with unbatched input passes torch.nn's checks, after
+    which torch.nn broadcasts it into a wrongly shaped result (GRUCell in torch 2.13: a segfault,
+    so torch.nn is not called here). The fused cell raises, naming the state."""
+    _, fused = build_cells(name, kwargs, dtype=torch.float64)
+    h = torch.randn(H, H, dtype=torch.float64)
+    hx = (h, torch.randn(H, dtype=torch.float64)) if name == "LSTMCell" else h
+    with pytest.raises(RuntimeError, match=r"for unbatched 1-D input, (hx\[0\]|hidden) should also be 1-D"):
+        fused(torch.randn(I, dtype=torch.float64), hx)
+
+
 def test_rnn_cell_unknown_nonlinearity():
     ref, fused = build_cells("RNNCell", {"nonlinearity": "gelu"})
     for inp in (torch.randn(B, I), torch.randn(B, I + 1)):
