@@ -172,6 +172,26 @@ def _register(spec):
 
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
 
+    forward_op = getattr(ops, f"{spec.cell}_forward")
 
+    class FusedFunction(torch.autograd.Function):
+        """The same autograd formula as an autograd.Function, for torch.func's transforms
+        (grad, vjp, jacrev, vmap): they refuse the Function register_autograd generates, which
+        has no setup_context (torch 2.11-2.13). Forward-mode AD (jvp, jacfwd) raises torch's
+        "implement the jvp function" error here, where the op would give zero tangents."""
+
+        generate_vmap_rule = True  # the op under vmap: torch's per-sample fallback
+
+        @staticmethod
+        def forward(*args):
+            return forward_op(*args)
+
+    FusedFunction.setup_context = staticmethod(setup_context)
+    FusedFunction.backward = staticmethod(backward)
+    FUNCTIONS[forward_op] = FusedFunction
+
+
+# forward op -> its autograd.Function (see FusedFunction).
+FUNCTIONS = {}
 for _spec in SPECS.values():
     _register(_spec)

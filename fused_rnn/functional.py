@@ -11,7 +11,7 @@ their results to torch.nn's dtypes (fused_rnn/_autocast.py).
 import torch
 
 from . import _torch_private
-from ._ops import ops
+from ._ops import FUNCTIONS, ops
 
 __all__ = ["lstm", "gru", "rnn"]
 
@@ -57,8 +57,17 @@ def _zeros(input, batch_sizes, weight_hh, dim, gates=1):
 
 
 def _needs_workspace(*tensors):
-    """Keep what backward needs only when a gradient can be asked for."""
+    """Keep what backward needs only when a gradient can be asked for: in grad mode with a
+    tensor that requires grad; always under torch.func's transforms (a batched tensor reports
+    requires_grad=False even when the tensor under it requires grad) and while torch.jit.trace
+    records (the trace keeps the value as a constant, and its check re-traces under no_grad)."""
+    if _functorch_active() or torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _functorch_active():
+    return torch._C._are_functorch_transforms_active()
 
 
 def _call(op, need_workspace, *args):
@@ -69,6 +78,8 @@ def _call(op, need_workspace, *args):
     1.0 ms T = 100 LSTM call when other work between calls leaves the caches cold. torch.compile
     traces the plain call (it does not trace the dispatch-key guard).
     """
+    if _functorch_active():
+        return FUNCTIONS[op].apply(*args, need_workspace)
     if need_workspace or torch.compiler.is_compiling():
         return op(*args, need_workspace)
     with _torch_private.below_autograd():

@@ -128,6 +128,10 @@ def main(out_dir):
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # one rank per core
+    # Before init_process_group, as examples/ddp_train.py explains: imported later (by the first
+    # optimizer, through torch._dynamo) it binds the process group for good, and gloo's threads
+    # then outlive destroy_process_group and can abort the interpreter's exit.
+    import torch.distributed.nn as _  # noqa: F401
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a hung collective raises
     rank, world_size = dist.get_rank(), dist.get_world_size()
     for scenario, (wrapper, kind) in SCENARIOS.items():
