@@ -120,6 +120,8 @@ test: $(BUILT)
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory cuda-check
 	@$(MAKE) --no-print-directory cross-check
+	@for plan in quick rest; do mkdir -p build; PYTHON=$(VPY) bash bench/gpu_check.sh --dry-run $$plan > build/gpu-dry-run.log 2>&1 || \
+	  { cat build/gpu-dry-run.log; exit 1; }; done; echo "gpu_check --dry-run: both plans hold together"
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
 
 bench: $(BUILT)

@@ -6,10 +6,26 @@ skipped here, and nowhere else: CPU tests never skip (docs/DESIGN.md §4)."""
 import pytest
 import torch
 
+# The CUDA checks of `gpu_smoke` (bench/gpu_check.sh runs them first, in minutes): every op and
+# dtype once against the reference, both IO paths, graph capture, a second stream, the modules.
+GPU_SMOKE = {
+    "tests/test_ops_dispatch.py::test_extension_has_cuda_kernels",
+    "tests/test_ops_numerics.py::test_float32_matches_reference",
+    "tests/test_ops_numerics.py::test_float64_matches_reference",
+    "tests/test_ops_numerics.py::test_low_precision_matches_reference",
+    "tests/test_ops_numerics.py::test_vector_and_scalar_units_per_thread",
+    "tests/test_ops_dispatch.py::test_cuda_graph_capture_and_replay",
+    "tests/test_ops_dispatch.py::test_non_default_stream",
+    "tests/test_modules_numerics.py::test_float32",
+    "tests/test_modes_autocast.py::test_cells_return_torch_nn_dtypes",
+}
+
 
 def pytest_collection_modifyitems(config, items):
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for item in items:
+        if item.get_closest_marker("cuda") is not None and item.nodeid.split("[")[0] in GPU_SMOKE:
+            item.add_marker(pytest.mark.gpu_smoke)
         mark = item.get_closest_marker("cuda")
         needed = mark.kwargs.get("gpus", 1) if mark is not None else 0
         if gpus < needed:

@@ -28,18 +28,21 @@ from fused_rnn import functional  # noqa: E402
 from checks import assert_close  # noqa: E402
 from op_cases import GRID, compare, make_case  # noqa: E402
 
-SIZES = dict(T=4, B=3, I=5, H=7, P=3, scale=0.4)
+# Both IO paths of the kernels (csrc/cuda/lanes.cuh): H = 7 has no whole 16-byte vector of
+# units, so every thread runs the scalar path; H = 32 is a whole number of vectors in every
+# dtype (4 floats, 2 doubles, 8 halves), so the vector path runs.
+SIZES = [dict(T=4, B=3, I=5, H=7, P=3, scale=0.4), dict(T=3, B=2, I=4, H=32, P=8, scale=0.4)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Loose on purpose: this script looks for memory errors; accuracy is the op tests' job
 # (tests/test_ops_numerics.py), with the tolerances of docs/DESIGN.md §3.
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 1e-1}
 
 
-def workout(device, dtype, cell, bias, packed, reverse, seed):
+def workout(device, dtype, cell, bias, packed, reverse, seed, sizes):
     """The failures (strings) of one configuration: a training forward and backward and an
     inference forward against the float64 CPU reference."""
     case = make_case(cell, bias=bias, packed=packed, reverse=reverse, dtype=dtype, device=device, seed=seed,
-                     **SIZES)
+                     **sizes)
     with torch.no_grad():  # inference: no workspace
         inference = case.run(functional)
     outputs, gradients = compare(case)
@@ -65,11 +68,11 @@ def main(argv=None):
     device = parser.parse_args(argv).device
     assert device == "cpu" or torch.cuda.is_available(), "needs a CUDA GPU (or --device cpu)"
     failures, runs = [], 0
-    for seed, (dtype, (cell, bias, packed, reverse)) in enumerate(itertools.product(DTYPES, GRID)):
-        name = (f"{cell} {str(dtype)[6:]} {'packed' if packed else 'padded'} {'reverse' if reverse else 'forward'} "
-                f"{'bias' if bias else 'no-bias'}")
+    for seed, (sizes, dtype, (cell, bias, packed, reverse)) in enumerate(itertools.product(SIZES, DTYPES, GRID)):
+        name = (f"{cell} H={sizes['H']} {str(dtype)[6:]} {'packed' if packed else 'padded'} "
+                f"{'reverse' if reverse else 'forward'} {'bias' if bias else 'no-bias'}")
         try:
-            failures += [f"{name}: {f}" for f in workout(device, dtype, cell, bias, packed, reverse, seed)]
+            failures += [f"{name}: {f}" for f in workout(device, dtype, cell, bias, packed, reverse, seed, sizes)]
         except RuntimeError as error:  # an op raised: report it and go on with the next one
             failures.append(f"{name}: raised {str(error).splitlines()[0]}")
         runs += 1
