@@ -88,9 +88,12 @@ def extension(level, level_flags):
     if want_cuda():
         sources += ["csrc/ops_cuda.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
         archs = [a.strip() for a in CUDA_ARCHS.replace(",", ";").split(";") if a.strip()]
-        nvcc = ["-O3"] + [
-            f"-gencode=arch=compute_{a.replace('.', '')},code=sm_{a.replace('.', '')}" for a in archs
-        ]
+        codes = [a.replace(".", "") for a in archs]
+        nvcc = ["-O3"] + [f"-gencode=arch=compute_{c},code=sm_{c}" for c in codes]
+        # and the newest arch's PTX: a newer GPU compiles it at load instead of failing with
+        # "no kernel image is available"
+        newest = max(codes, key=lambda c: int("".join(ch for ch in c if ch.isdigit())))
+        nvcc.append(f"-gencode=arch=compute_{newest},code=compute_{newest}")
         arch_names = ";".join("sm_" + a.replace(".", "") for a in archs)
         define = ["-DFUSED_RNN_WITH_CUDA", f'-DFUSED_RNN_CUDA_ARCHS="{arch_names}"']
         return cpp_extension.CUDAExtension(
