@@ -65,6 +65,9 @@ cuda-check: $(DEPS)
 	  $(NVCC) -std=c++17 -O2 -Icsrc -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 \
 	    -c $$f -o $(CUDA_CHECK_DIR)/$$(basename $$f).o || exit 1; \
 	done; \
+	echo "nvcc -ptx csrc/cuda/pointwise.cu (sm_90): the vector kernels' global stores are 16 bytes"; \
+	$(NVCC) -std=c++17 -O2 -Icsrc -arch=sm_90 -ptx csrc/cuda/pointwise.cu -o $(CUDA_CHECK_DIR)/pointwise.ptx && \
+	  $(VPY) tests/ptx_vector_stores.py $(CUDA_CHECK_DIR)/pointwise.ptx || exit 1; \
 	echo "$(CXX) -fsyntax-only csrc/ops_cuda.cpp (torch and CUDA headers)"; \
 	mkdir -p $(CUDA_CHECK_DIR)/include/c10/cuda/impl; \
 	echo "#define C10_CUDA_BUILD_SHARED_LIBS" > $(CUDA_CHECK_DIR)/include/c10/cuda/impl/cuda_cmake_macros.h; \

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 
 #include "../cells/gru.h"
@@ -87,7 +88,17 @@ struct VectorIO {
     Pack raw;
 #pragma unroll
     for (int i = 0; i < kLanes; ++i) raw.x[i] = Convert<T>::out(v.v[i]);
-    *reinterpret_cast<Pack*>(p) = raw;
+    static_assert(sizeof(Pack) == sizeof(uint4), "a Pack is 16 bytes");
+    uint4 bits;
+    memcpy(&bits, &raw, sizeof bits);
+#if defined(__CUDA_ARCH__)
+    // One 16-byte store, always: as a Pack assignment nvcc kept it whole only at a buffer's
+    // base and split p + k * H into 4x st.f32 (6x st.u16 ... for halves).
+    // tests/ptx_vector_stores.py checks the PTX in `make cuda-check`.
+    __stwb(reinterpret_cast<uint4*>(p), bits);
+#else
+    *reinterpret_cast<uint4*>(p) = bits;
+#endif
   }
 };
 
