@@ -101,6 +101,11 @@ def _gpu_facts(device):
                     "multi_processor_count": props.multi_processor_count,
                     "l2_cache_size": props.L2_cache_size},
             "tf32_flags_at_start": tf32_flags(),
+            # Whether cuBLAS may reduce bf16/fp16 GEMMs (weight gradients included) in reduced
+            # precision: torch's defaults allow it, so a low-precision result states it.
+            "reduced_precision_reduction": {
+                "bf16": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+                "fp16": torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction},
             "cudnn_enabled": torch.backends.cudnn.enabled}
 
 
