@@ -1,5 +1,6 @@
-// The op schemas (TORCH_LIBRARY), their CPU and autocast impls, and the Python module _C: build facts,
-// the cells' facts (gate count, workspace) for the Python side, CPU scratch, and _C.testing.
+// The op schemas (TORCH_LIBRARY), their CPU and autocast impls, and the Python module
+// _C_<level> (setup.py builds one per CPU level): build facts, the cells' facts (gate count,
+// workspace) for the Python side, CPU scratch, and _C.testing.
 // CUDA impls are registered by ops_cuda.cpp, compiled only when CUDA is built.
 #include <torch/extension.h>
 

@@ -276,7 +276,8 @@ class _FusedCellMixin:
         out = self._step(input.unsqueeze(0), states)
         out = out if isinstance(out, tuple) else (out,)
         initial_dtype = input.dtype if states is None else states[-1].dtype  # c0 for LSTMCell
-        (h,), c = _autocast.as_torch_nn(self._kind, input.device, initial_dtype, out[:1], (out + (None,))[1])
+        c = out[1] if self._n_states == 2 else None
+        (h,), c = _autocast.as_torch_nn(self._kind, input.device, initial_dtype, out[:1], c)
         out = (h,) if c is None else (h, c)
         if not is_batched:
             out = tuple(s.squeeze(0) for s in out)
