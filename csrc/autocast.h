@@ -53,6 +53,9 @@ struct AutocastKernel<kDevice, R(Args...)> {
 inline constexpr char kLstmForward[] = "fused_rnn::lstm_forward";
 inline constexpr char kGruForward[] = "fused_rnn::gru_forward";
 inline constexpr char kRnnForward[] = "fused_rnn::rnn_forward";
+inline constexpr char kLstmCellForward[] = "fused_rnn::lstm_cell_forward";
+inline constexpr char kGruCellForward[] = "fused_rnn::gru_cell_forward";
+inline constexpr char kRnnCellForward[] = "fused_rnn::rnn_cell_forward";
 
 // Registers the forward ops' autocast kernels for one device (in a TORCH_LIBRARY_IMPL block
 // of that device's Autocast key). Impls: any OpImpls<Device>, for the ops' signatures.
@@ -61,6 +64,10 @@ void register_autocast(torch::Library& m) {
   m.impl("lstm_forward", &AutocastKernel<kDevice, decltype(Impls::lstm_forward)>::template call<kLstmForward>);
   m.impl("gru_forward", &AutocastKernel<kDevice, decltype(Impls::gru_forward)>::template call<kGruForward>);
   m.impl("rnn_forward", &AutocastKernel<kDevice, decltype(Impls::rnn_forward)>::template call<kRnnForward>);
+  m.impl("lstm_cell_forward",
+         &AutocastKernel<kDevice, decltype(Impls::lstm_cell_forward)>::template call<kLstmCellForward>);
+  m.impl("gru_cell_forward", &AutocastKernel<kDevice, decltype(Impls::gru_cell_forward)>::template call<kGruCellForward>);
+  m.impl("rnn_cell_forward", &AutocastKernel<kDevice, decltype(Impls::rnn_cell_forward)>::template call<kRnnCellForward>);
 }
 
 }  // namespace fused_rnn

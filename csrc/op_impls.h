@@ -1,6 +1,6 @@
 // The registered ops' implementations, generic over the Device (CpuDevice, CudaDevice): they
-// name the cell, call the driver (recurrence.h), and lay its named results out as the op
-// schemas (ops.cpp) return them.
+// name the cell, call the driver (recurrence.h: a layer; single_step.h: one step), and lay its
+// named results out as the op schemas (ops.cpp) return them.
 #pragma once
 #include <string>
 #include <tuple>
@@ -9,6 +9,7 @@
 #include "cells/lstm.h"
 #include "cells/rnn.h"
 #include "recurrence.h"
+#include "single_step.h"
 
 namespace fused_rnn {
 
@@ -70,6 +71,53 @@ struct OpImpls {
                : backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse);
   }
 
+  // Single steps: the states after the step (and the workspace); the gradients as above.
+  using LstmStepOutputs = std::tuple<Tensor, Tensor, Tensor>;  // h_n, c_n, workspace
+  using StepOutputs = std::tuple<Tensor, Tensor>;              // h_n, workspace
+
+  static LstmStepOutputs lstm_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                                           const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                           const OptTensor& w_hr, bool need_workspace) {
+    const auto r = step_forward<LstmCell, Device>(input, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr}, need_workspace);
+    return {r.h_n, r.c_n, r.workspace};
+  }
+
+  static LstmGrads lstm_cell_backward(const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+                                      const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                                      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                                      const Tensor& workspace) {
+    const LayerGrads g = step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0,
+                                                         {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace);
+    return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr};
+  }
+
+  static StepOutputs gru_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                                      const OptTensor& b_ih, const OptTensor& b_hh, bool need_workspace) {
+    return cell_forward<GruCell>(input, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, need_workspace);
+  }
+
+  static Grads gru_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
+                                 const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                 const Tensor& workspace) {
+    return cell_backward<GruCell>(grad_h_n, input, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, workspace);
+  }
+
+  static StepOutputs rnn_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                                      const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity,
+                                      bool need_workspace) {
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
+    return is_relu(nonlinearity) ? cell_forward<RnnReluCell>(input, h0, w, need_workspace)
+                                 : cell_forward<RnnTanhCell>(input, h0, w, need_workspace);
+  }
+
+  static Grads rnn_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
+                                 const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                 c10::string_view nonlinearity, const Tensor& workspace) {
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
+    return is_relu(nonlinearity) ? cell_backward<RnnReluCell>(grad_h_n, input, h0, w, workspace)
+                                 : cell_backward<RnnTanhCell>(grad_h_n, input, h0, w, workspace);
+  }
+
  private:
   static bool is_relu(c10::string_view nonlinearity) {
     TORCH_CHECK_VALUE(nonlinearity == "tanh" || nonlinearity == "relu", "Unknown nonlinearity '",
@@ -94,6 +142,19 @@ struct OpImpls {
                                                       std::nullopt, w, workspace, reverse);
     return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
   }
+
+  template <class Cell>
+  static StepOutputs cell_forward(const Tensor& input, const Tensor& h0, const LayerWeights& w, bool need_workspace) {
+    const auto r = step_forward<Cell, Device>(input, h0, std::nullopt, w, need_workspace);
+    return {r.h_n, r.workspace};
+  }
+
+  template <class Cell>
+  static Grads cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const LayerWeights& w,
+                             const Tensor& workspace) {
+    const LayerGrads g = step_backward<Cell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace);
+    return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
+  }
 };
 
 // Registers the impls of every op for one dispatch key.
@@ -105,6 +166,12 @@ struct OpImpls {
     m.impl("gru_backward", &::fused_rnn::OpImpls<Device>::gru_backward);   \
     m.impl("rnn_forward", &::fused_rnn::OpImpls<Device>::rnn_forward);     \
     m.impl("rnn_backward", &::fused_rnn::OpImpls<Device>::rnn_backward);   \
+    m.impl("lstm_cell_forward", &::fused_rnn::OpImpls<Device>::lstm_cell_forward);   \
+    m.impl("lstm_cell_backward", &::fused_rnn::OpImpls<Device>::lstm_cell_backward); \
+    m.impl("gru_cell_forward", &::fused_rnn::OpImpls<Device>::gru_cell_forward);     \
+    m.impl("gru_cell_backward", &::fused_rnn::OpImpls<Device>::gru_cell_backward);   \
+    m.impl("rnn_cell_forward", &::fused_rnn::OpImpls<Device>::rnn_cell_forward);     \
+    m.impl("rnn_cell_backward", &::fused_rnn::OpImpls<Device>::rnn_cell_backward);   \
   } while (0)
 
 }  // namespace fused_rnn

@@ -37,6 +37,30 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, "
       "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
       "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  // One step of a cell (single_step.h): input [B, I], the states before the step, the same
+  // weights; the states after it, and the workspace when need_workspace.
+  m.def(
+      "lstm_cell_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, Tensor? weight_hr, bool need_workspace) -> (Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def(
+      "lstm_cell_backward(Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor workspace) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
+      "Tensor grad_bias_hh, Tensor grad_weight_hr)");
+  m.def(
+      "gru_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_cell_backward(Tensor grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor workspace) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  m.def(
+      "rnn_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, str nonlinearity, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
+  m.def(
+      "rnn_cell_backward(Tensor grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, Tensor workspace) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { FUSED_RNN_REGISTER_IMPLS(m, fused_rnn::CpuDevice); }
@@ -105,6 +129,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   cells["rnn_tanh"] = cell_facts<fused_rnn::RnnTanhCell>();
   cells["rnn_relu"] = cell_facts<fused_rnn::RnnReluCell>();
   m.attr("cells") = cells;
+  m.def("step_workspace_width", &fused_rnn::step_workspace_width,
+        "Columns of the workspace a single-step forward (<cell>_cell_forward) returns.");
   m.def(
       "workspace_width",
       [](int64_t workspace_units, int64_t hidden, int64_t state, bool proj) {

@@ -136,6 +136,19 @@ std::vector<StepRows> packed_steps(const char* op, const Tensor& input, const Te
   return steps;
 }
 
+// The initial states h0 [batch, state] and, for LSTM, c0 [batch, hidden].
+void check_states(const char* op, bool has_cell_state, const Tensor& input, const Tensor& h0, const OptTensor& c0,
+                  const Sizes& s) {
+  check_same(op, "h0", h0, input);
+  check_shape(op, "h0", h0, {s.batch, s.state}, "[batch, state_size] (batch from input, state_size from weight_hh)");
+  if (has_cell_state) {
+    TORCH_CHECK(c0.has_value(), op, ": c0 is required");
+    check_same(op, "c0", *c0, input);
+    check_shape(op, "c0", *c0, {s.batch, s.hidden},
+                "[batch, hidden_size] (batch from input, hidden_size from weight_hh)");
+  }
+}
+
 }  // namespace
 
 Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Tensor& input,
@@ -152,14 +165,21 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
     steps->clear();
     for (int64_t t = 0; t < s.steps; ++t) steps->push_back({t * s.batch, s.batch});
   }
-  check_same(op, "h0", h0, input);
-  check_shape(op, "h0", h0, {s.batch, s.state}, "[batch, state_size] (batch from input, state_size from weight_hh)");
-  if (has_cell_state) {
-    TORCH_CHECK(c0.has_value(), op, ": c0 is required");
-    check_same(op, "c0", *c0, input);
-    check_shape(op, "c0", *c0, {s.batch, s.hidden},
-                "[batch, hidden_size] (batch from input, hidden_size from weight_hh)");
-  }
+  check_states(op, has_cell_state, input, h0, c0, s);
+  return s;
+}
+
+Sizes check_step_args(const char* op, int gates, bool has_cell_state, const Tensor& input, const Tensor& h,
+                      const OptTensor& c, const LayerWeights& w) {
+  Sizes s{};
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": expected a floating-point input, but got ",
+              input.scalar_type());
+  TORCH_CHECK(input.dim() == 2, op, ": expected input to be 2-D [batch, input_size], but got ", input.dim(),
+              "-D input of shape ", input.sizes());
+  check_weights(op, gates, has_cell_state, input, w, &s);
+  s.steps = 1;
+  s.batch = input.size(0);
+  check_states(op, has_cell_state, input, h, c, s);
   return s;
 }
 

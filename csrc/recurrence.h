@@ -57,6 +57,10 @@ Sizes check_layer_args(const char* op, int gates, bool has_cell_state, const Ten
                        const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0, const LayerWeights& w,
                        std::vector<StepRows>* steps);
 
+// The same for one step of a cell (the single-step ops, single_step.h): input [batch, input_size].
+Sizes check_step_args(const char* op, int gates, bool has_cell_state, const Tensor& input, const Tensor& h,
+                      const OptTensor& c, const LayerWeights& w);
+
 // Tests set this (through _C.set_poison) so every buffer the driver allocates starts as NaN:
 // an element a kernel forgets to write then fails the comparison with the reference.
 bool& poison_new_buffers();
@@ -336,23 +340,47 @@ BackwardBuffers backward_buffers(const LayerSetup& l, const Tensor& grad_output,
   return b;
 }
 
-// After the loop: dx, the weight gradients (single GEMMs over all steps) and the bias sums.
+// What the weight and input gradients are computed from: [N, ...] matrices over all rows of
+// a call (every step of a layer here, the one step of a single-step op in single_step.h).
+struct GradSources {
+  Tensor x;                     // [N, I]
+  Tensor h_prev;                // [N, P] each row's recurrent input
+  Tensor h_unprojected;         // projected LSTM: [N, H] h' before W_hr
+  Tensor d_gates_x, d_gates_h;  // [N, G*H] dL/d(pre-activation), input and hidden path
+  Tensor d_proj;                // projected LSTM: [N, P] dL/d(projected h')
+};
+
+// dx, the weight gradients (one GEMM each over all rows) and the bias sums; the state
+// gradients are the caller's.
 template <class Cell, class Device>
-LayerGrads gradients_after_loop(const LayerSetup& l, const LayerWeights& w, const BackwardBuffers& b) {
-  const auto opts = l.input.options();
+LayerGrads weight_and_input_grads(const GradSources& s, const LayerWeights& w, at::IntArrayRef input_shape) {
+  const auto opts = s.x.options();
   LayerGrads g;
-  g.input = matmul<Device>(b.d_gates_x, w.w_ih).view(l.input.sizes());
-  g.h0 = b.dh_state;
-  g.c0 = Cell::kHasCellState ? b.dc_state : at::empty({0}, opts);
-  g.weight_ih = matmul<Device>(b.d_gates_x.t(), l.input.view({l.rows, l.s.input}));
-  g.weight_hh = matmul<Device>(b.d_gates_h.t(), b.ws.narrow(1, l.layout.h_prev_col, l.s.state));
+  g.input = matmul<Device>(s.d_gates_x, w.w_ih).view(input_shape);
+  g.weight_ih = matmul<Device>(s.d_gates_x.t(), s.x);
+  g.weight_hh = matmul<Device>(s.d_gates_h.t(), s.h_prev);
   // Sums over rows are deterministic reductions (no atomics) on both devices.
-  g.bias_ih = w.b_ih.has_value() ? b.d_gates_x.sum(0) : at::empty({0}, opts);
+  g.bias_ih = w.b_ih.has_value() ? s.d_gates_x.sum(0) : at::empty({0}, opts);
   // Where both paths share the gate grads (all but GRU), both biases get the same sum.
   const bool same_sum = !Cell::kSplitGateGrads && w.b_ih.has_value();
-  g.bias_hh = !w.b_hh.has_value() ? at::empty({0}, opts) : same_sum ? g.bias_ih.clone() : b.d_gates_h.sum(0);
-  g.weight_hr =
-      l.proj ? matmul<Device>(b.d_proj.t(), b.ws.narrow(1, l.layout.h_col, l.s.hidden)) : at::empty({0}, opts);
+  g.bias_hh = !w.b_hh.has_value() ? at::empty({0}, opts) : same_sum ? g.bias_ih.clone() : s.d_gates_h.sum(0);
+  g.weight_hr = w.w_hr.has_value() ? matmul<Device>(s.d_proj.t(), s.h_unprojected) : at::empty({0}, opts);
+  return g;
+}
+
+// After the loop: the gradients of weights and input over all steps, and of the initial states.
+template <class Cell, class Device>
+LayerGrads gradients_after_loop(const LayerSetup& l, const LayerWeights& w, const BackwardBuffers& b) {
+  GradSources s;
+  s.x = l.input.view({l.rows, l.s.input});
+  s.h_prev = b.ws.narrow(1, l.layout.h_prev_col, l.s.state);
+  s.h_unprojected = l.proj ? b.ws.narrow(1, l.layout.h_col, l.s.hidden) : Tensor();
+  s.d_gates_x = b.d_gates_x;
+  s.d_gates_h = b.d_gates_h;
+  s.d_proj = b.d_proj;
+  LayerGrads g = weight_and_input_grads<Cell, Device>(s, w, l.input.sizes());
+  g.h0 = b.dh_state;
+  g.c0 = Cell::kHasCellState ? b.dc_state : at::empty({0}, l.input.options());
   return g;
 }
 

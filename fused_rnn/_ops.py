@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from . import reference
+from . import _torch_private, reference
 
 # fused_rnn._C_<level>: the extension built for each CPU level (setup.py). The widest that
 # ATen itself runs at is loaded (torch.backends.cpu.get_cpu_capability(): the CPU's features,
@@ -32,51 +32,81 @@ ops = torch.ops.fused_rnn
 
 
 class _OpSpec:
-    """How one cell's forward op lays out its arguments and outputs.
+    """How one cell's pair of ops (forward, backward) lays out its arguments and outputs.
 
-    forward(input, batch_sizes, *states0, *weights, *extras, reverse, need_workspace)
-        -> (output, *states_n, workspace)
-    backward(grad_output, *grad_states_n, input, batch_sizes, *states0, *weights, *extras,
-             workspace, reverse) -> (grad_input, *grad_states0, *grad_weights)
+    Layer ops (step=False), one layer and direction over a sequence:
+        <cell>_forward(input, batch_sizes, *states0, *weights, *extras, reverse, need_workspace)
+            -> (output, *states_n, workspace)
+        <cell>_backward(grad_output, *grad_states_n, input, batch_sizes, *states0, *weights, *extras,
+                        workspace, reverse) -> (grad_input, *grad_states0, *grad_weights)
+    Single-step ops (step=True), one step of the cell:
+        <cell>_cell_forward(input, *states0, *weights, *extras, need_workspace) -> (*states_n, workspace)
+        <cell>_cell_backward(*grad_states_n, input, *states0, *weights, *extras, workspace)
+            -> (grad_input, *grad_states0, *grad_weights)
     """
 
-    def __init__(self, cell, n_states, n_weights, n_extras, facts):
+    def __init__(self, cell, n_states, n_weights, n_extras, facts, step=False):
         self.cell, self.n_states, self.n_weights, self.n_extras = cell, n_states, n_weights, n_extras
+        self.step = step
+        self.name = f"{cell}_cell" if step else cell
         # From the C++ cell (csrc/cells): the one place the gate count and workspace are written.
         self.gates = facts["gates"]
         self.workspace_units = facts["workspace_units"]
-        self.n_tensors = 2 + n_states + n_weights  # input, batch_sizes, states, weights
+        self.n_leading = 1 if step else 2  # input (, batch_sizes)
+        self.n_tensors = self.n_leading + n_states + n_weights
+        self.n_flags = 1 if step else 2  # (reverse,) need_workspace
 
     def split(self, args):
+        """The forward's arguments -> (tensors, extras, flags but need_workspace, need_workspace)."""
         n = self.n_tensors
-        tensors, extras = args[:n], args[n:n + self.n_extras]
-        reverse, need_workspace = args[n + self.n_extras:]
-        return tensors, extras, reverse, need_workspace
+        tensors, extras, flags = args[:n], args[n:n + self.n_extras], args[n + self.n_extras:]
+        return tensors, extras, flags[:-1], flags[-1]
+
+    def parts(self, tensors):
+        """The forward's tensor arguments -> (input, batch_sizes or None, states0, weights)."""
+        states = tensors[self.n_leading:self.n_leading + self.n_states]
+        return tensors[0], None if self.step else tensors[1], states, tensors[self.n_leading + self.n_states:]
+
+    def differentiable(self, tensors):
+        """The tensor arguments that get a gradient: all but batch_sizes."""
+        return [tensors[0], *tensors[self.n_leading:]]
+
+    def forward_grads(self, result):
+        """The gradients of `differentiable` -> one per forward argument (None for the others)."""
+        tail = [None] * (self.n_extras + self.n_flags)
+        return (*result, *tail) if self.step else (result[0], None, *result[1:], *tail)
 
     def workspace_width(self, hidden, state, proj):
+        if self.step:
+            return _C.step_workspace_width(self.workspace_units, hidden, proj)
         return _C.workspace_width(self.workspace_units, hidden, state, proj)
 
 
-SPECS = {
-    "lstm": _OpSpec("lstm", n_states=2, n_weights=5, n_extras=0, facts=_C.cells["lstm"]),
-    "gru": _OpSpec("gru", n_states=1, n_weights=4, n_extras=0, facts=_C.cells["gru"]),
+_CELL_OPS = {  # cell: n_states, n_weights, n_extras, the C++ cell's facts
+    "lstm": (2, 5, 0, _C.cells["lstm"]),
+    "gru": (1, 4, 0, _C.cells["gru"]),
     # tanh and relu share the gate count and workspace (the C++ cells say so for each).
-    "rnn": _OpSpec("rnn", n_states=1, n_weights=4, n_extras=1, facts=_C.cells["rnn_tanh"]),
+    "rnn": (1, 4, 1, _C.cells["rnn_tanh"]),
 }
+SPECS = {cell: _OpSpec(cell, *args) for cell, args in _CELL_OPS.items()}
+STEP_SPECS = {cell: _OpSpec(cell, *args, step=True) for cell, args in _CELL_OPS.items()}
 
 
-def _reference_call(spec, tensors, extras, reverse):
-    """The same forward through fused_rnn.reference: (output, *states_n)."""
-    input, batch_sizes = tensors[0], tensors[1]
-    states = tensors[2:2 + spec.n_states]
-    weights = tensors[2 + spec.n_states:]
-    if spec.cell == "lstm":
-        out, (h, c) = reference.lstm(input, tuple(states), *weights, batch_sizes=batch_sizes, reverse=reverse)
-        return out, h, c
-    fn = reference.gru if spec.cell == "gru" else reference.rnn
+_REFERENCE_CELLS = {"lstm": reference.lstm_cell, "gru": reference.gru_cell, "rnn": reference.rnn_cell}
+
+
+def _reference_call(spec, tensors, extras, flags):
+    """The same forward through fused_rnn.reference: (output, *states_n) for a layer op,
+    states_n for a single step."""
+    input, batch_sizes, states, weights = spec.parts(tensors)
     kwargs = {"nonlinearity": extras[0]} if spec.cell == "rnn" else {}
-    out, h = fn(input, states[0], *weights, batch_sizes=batch_sizes, reverse=reverse, **kwargs)
-    return out, h
+    state = tuple(states) if spec.cell == "lstm" else states[0]
+    if spec.step:
+        out = _REFERENCE_CELLS[spec.cell](input, state, *weights, **kwargs)
+        return out if spec.cell == "lstm" else (out,)
+    layer = {"lstm": reference.lstm, "gru": reference.gru, "rnn": reference.rnn}[spec.cell]
+    out, state_n = layer(input, state, *weights, batch_sizes=batch_sizes, reverse=flags[0], **kwargs)
+    return (out, *state_n) if spec.cell == "lstm" else (out, state_n)
 
 
 def _check_devices(op, args):
@@ -94,85 +124,67 @@ def _check_devices(op, args):
 
 
 def _register(spec):
-    forward_name = f"fused_rnn::{spec.cell}_forward"
-    backward_op = getattr(ops, f"{spec.cell}_backward")
+    forward_op = getattr(ops, f"{spec.name}_forward")
+    backward_op = getattr(ops, f"{spec.name}_backward")
 
-    @torch.library.register_fake(forward_name)
+    @torch.library.register_fake(f"fused_rnn::{spec.name}_forward")
     def _forward_fake(*args):
-        _check_devices(getattr(ops, f"{spec.cell}_forward").default, args)
+        _check_devices(forward_op.default, args)
         tensors, _, _, need_workspace = spec.split(args)
-        input, states0, weights = tensors[0], tensors[2:2 + spec.n_states], tensors[2 + spec.n_states:]
+        input, _, states0, weights = spec.parts(tensors)
         w_hh = weights[1]
         hidden, state = w_hh.shape[0] // spec.gates, w_hh.shape[1]
         proj = spec.cell == "lstm" and weights[4] is not None
-        output = input.new_empty((*input.shape[:-1], state))
+        outputs = [s.new_empty(s.shape) for s in states0]
+        if not spec.step:
+            outputs.insert(0, input.new_empty((*input.shape[:-1], state)))
         if need_workspace:
             rows = math.prod(input.shape[:-1])  # not numel // input_size: that may be 0
             workspace = input.new_empty((rows, spec.workspace_width(hidden, state, proj)))
         else:
             workspace = input.new_empty((0,))
-        return (output, *(s.new_empty(s.shape) for s in states0), workspace)
+        return (*outputs, workspace)
 
-    @torch.library.register_fake(f"fused_rnn::{spec.cell}_backward")
+    @torch.library.register_fake(f"fused_rnn::{spec.name}_backward")
     def _backward_fake(*args):
         _check_devices(backward_op.default, args)
-        tensors = args[1 + spec.n_states:1 + spec.n_states + spec.n_tensors]
-        input, states0, weights = tensors[0], tensors[2:2 + spec.n_states], tensors[2 + spec.n_states:]
+        n_grads = spec.n_states + (0 if spec.step else 1)
+        input, _, states0, weights = spec.parts(args[n_grads:n_grads + spec.n_tensors])
         grads = [input.new_empty(input.shape)] + [s.new_empty(s.shape) for s in states0]
         grads += [w.new_empty(w.shape) if w is not None else input.new_empty((0,)) for w in weights]
         return tuple(grads)
 
     def setup_context(ctx, inputs, output):
-        tensors, extras, reverse, need_workspace = spec.split(inputs)
+        tensors, extras, flags, need_workspace = spec.split(inputs)
         workspace = output[-1]
         ctx.mark_non_differentiable(workspace)
         # Unused outputs' grads arrive as None (no zero-filled [N, width] workspace grad).
         ctx.set_materialize_grads(False)
-        ctx.batch_sizes, ctx.extras, ctx.reverse = tensors[1], extras, reverse
+        ctx.batch_sizes, ctx.extras, ctx.flags = spec.parts(tensors)[1], extras, flags
         ctx.need_workspace = need_workspace
         ctx.output_shapes = [o.shape for o in output[:-1]]
-        ctx.save_for_backward(tensors[0], *tensors[2:], workspace)
+        ctx.save_for_backward(*spec.differentiable(tensors), workspace)
 
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
-        input, rest, workspace = saved[0], saved[1:-1], saved[-1]
-        tensors = (input, ctx.batch_sizes, *rest)
-        grads = [
-            g if g is not None else input.new_zeros(shape)
-            for g, shape in zip(grads[:-1], ctx.output_shapes)
-        ]
-        differentiable = [input, *rest]  # every tensor argument but batch_sizes
+        differentiable, workspace = list(saved[:-1]), saved[-1]
+        tensors = differentiable if spec.step else (differentiable[0], ctx.batch_sizes, *differentiable[1:])
+        grads = [g if g is not None else differentiable[0].new_zeros(shape)
+                 for g, shape in zip(grads[:-1], ctx.output_shapes)]
         if torch.is_grad_enabled():
-            # create_graph=True: differentiate the reference so the result is differentiable.
-            # A tensor passed in two slots (tied weights) gets its whole gradient, which covers
-            # both uses, in its first slot only: autograd adds up what the slots return.
-            wanted = []
-            for t in differentiable:
-                if t is not None and t.requires_grad and not any(t is w for w in wanted):
-                    wanted.append(t)
-            with torch.enable_grad():
-                outs = _reference_call(spec, tensors, ctx.extras, ctx.reverse)
-            found = torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True)
-            result, given = [], set()
-            for t in differentiable:
-                index = next((i for i, w in enumerate(wanted) if t is w), None)
-                result.append(None if index is None or index in given else found[index])
-                given.add(index)
+            result = _reference_grads(spec, ctx, tensors, differentiable, grads)
         else:
             if not ctx.need_workspace:
                 raise RuntimeError(
-                    f"fused_rnn::{spec.cell}_forward was called with need_workspace=False, so it kept "
+                    f"fused_rnn::{spec.name}_forward was called with need_workspace=False, so it kept "
                     "nothing to differentiate; call it with need_workspace=True (fused_rnn.functional "
                     "does this whenever a gradient is needed)"
                 )
-            raw = backward_op(*grads, *tensors, *ctx.extras, workspace, ctx.reverse)
+            raw = backward_op(*grads, *tensors, *ctx.extras, workspace, *ctx.flags)
             result = [g if t is not None else None for g, t in zip(raw, differentiable)]
-        # Map onto the forward's arguments: batch_sizes, the extras and the flags get None.
-        return (result[0], None, *result[1:], *([None] * spec.n_extras), None, None)
+        return spec.forward_grads(result)
 
-    torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
-
-    forward_op = getattr(ops, f"{spec.cell}_forward")
+    torch.library.register_autograd(f"fused_rnn::{spec.name}_forward", backward, setup_context=setup_context)
 
     class FusedFunction(torch.autograd.Function):
         """The same autograd formula as an autograd.Function, for torch.func's transforms
@@ -190,8 +202,45 @@ def _register(spec):
     FusedFunction.backward = staticmethod(backward)
     FUNCTIONS[forward_op] = FusedFunction
 
+    class EagerFunction(torch.autograd.Function):
+        """The same formula for the eager training path (fused_rnn.functional), with the op
+        called below autograd. Calling the op itself runs torch.library's Python autograd wrapper
+        (fill_defaults, redispatch), and a Function with a separate setup_context binds its
+        arguments with inspect.signature on every apply: together about 60 us of a single-step
+        call. So forward takes ctx and sets it up itself."""
 
-# forward op -> its autograd.Function (see FusedFunction).
+        @staticmethod
+        def forward(ctx, *args):
+            with _torch_private.below_autograd():
+                output = forward_op(*args)
+            setup_context(ctx, args, output)
+            return output
+
+    EagerFunction.backward = staticmethod(backward)
+    EAGER_FUNCTIONS[forward_op] = EagerFunction
+
+
+def _reference_grads(spec, ctx, tensors, differentiable, grads):
+    """backward with create_graph=True: the gradients of the reference, which are differentiable.
+    A tensor passed in two slots (tied weights) gets its whole gradient, which covers both uses,
+    in its first slot only: autograd adds up what the slots return."""
+    wanted = []
+    for t in differentiable:
+        if t is not None and t.requires_grad and not any(t is w for w in wanted):
+            wanted.append(t)
+    with torch.enable_grad():
+        outs = _reference_call(spec, tensors, ctx.extras, ctx.flags)
+    found = torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True)
+    result, given = [], set()
+    for t in differentiable:
+        index = next((i for i, w in enumerate(wanted) if t is w), None)
+        result.append(None if index is None or index in given else found[index])
+        given.add(index)
+    return result
+
+
+# forward op -> its autograd.Function (see FusedFunction), and the same for eager calls.
 FUNCTIONS = {}
-for _spec in SPECS.values():
+EAGER_FUNCTIONS = {}
+for _spec in (*SPECS.values(), *STEP_SPECS.values()):
     _register(_spec)

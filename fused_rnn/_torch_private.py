@@ -16,6 +16,15 @@ def below_autograd():
     return torch._C._AutoDispatchBelowAutograd()
 
 
+def known_true(condition):
+    """A condition on sizes that may be symbolic: its value where it is known, else False, with
+    no guard (torch.export's packed batch_sizes have an unbacked length).
+    torch.fx.experimental.symbolic_shapes.guard_or_false: checked with torch 2.11 and 2.13."""
+    from torch.fx.experimental.symbolic_shapes import guard_or_false
+
+    return guard_or_false(condition)
+
+
 def current_flat_weights(module):
     """An RNNBase module's weights in torch.nn's flat order, re-read by name first, so that a
     replaced weight (assignment, torch.func.functional_call, parametrizations) is seen.

@@ -1,8 +1,10 @@
-"""One layer, one direction of LSTM / GRU / Elman RNN on the fused ops.
+"""One layer, one direction of LSTM / GRU / Elman RNN on the fused ops, and one step of each cell.
 
 Same signatures as fused_rnn.reference. ``input`` is time-major ``[T, B, I]``, or packed data
 ``[sum(batch_sizes), I]`` with ``batch_sizes`` exactly as in ``PackedSequence``; ``reverse``
-runs each sequence backwards within its own length. ``hx=None`` means zeros.
+runs each sequence backwards within its own length. ``hx=None`` means zeros. A layer of one
+time step runs the single-step op of its cell (``lstm_cell``...), whose ``h_n`` its output
+then is (a view of it).
 
 Under ``torch.autocast`` the ops run in the autocast dtype (their floating arguments but
 float64 cast to it, weights once per autocast region) and return it; the modules convert
@@ -11,9 +13,9 @@ their results to torch.nn's dtypes (fused_rnn/_autocast.py).
 import torch
 
 from . import _torch_private
-from ._ops import FUNCTIONS, ops
+from ._ops import EAGER_FUNCTIONS, FUNCTIONS, ops
 
-__all__ = ["lstm", "gru", "rnn"]
+__all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
 
 
 def _check_types(op, hx, n_states, input, weight_ih, weight_hh, **optional):
@@ -49,11 +51,28 @@ def _batch(input, batch_sizes):
     return input.size(1) if input.dim() == 3 else 0
 
 
-def _zeros(input, batch_sizes, weight_hh, dim, gates=1):
+def _zeros(input, batch_sizes, weight_hh, dim, gates=1, step=False):
     """Zeros [B, weight_hh.size(dim) // gates] for hx=None; as in _batch, a weight_hh that is not
-    2-D gets some zeros, for the op to reject weight_hh by name."""
+    2-D gets some zeros, for the op to reject weight_hh by name. step: input is one step's [B, I]."""
     width = weight_hh.size(dim) // gates if weight_hh.dim() == 2 else 0
-    return input.new_zeros((_batch(input, batch_sizes), width))
+    batch = (input.size(0) if input.dim() == 2 else 0) if step else _batch(input, batch_sizes)
+    return input.new_zeros((batch, width))
+
+
+def _one_step(input, batch_sizes):
+    """Whether a layer's input is a single time step: [1, B, I], or packed with one batch size
+    (where that is unknown, under torch.export, the layer op runs it)."""
+    if batch_sizes is None:
+        return input.dim() == 3 and input.size(0) == 1
+    return batch_sizes.dim() == 1 and input.dim() == 2 and _torch_private.known_true(batch_sizes.numel() == 1)
+
+
+def _step_input(input, batch_sizes):
+    return input if batch_sizes is not None else input[0]
+
+
+def _step_output(h, batch_sizes):
+    return h if batch_sizes is not None else h.unsqueeze(0)
 
 
 def _needs_workspace(*tensors):
@@ -70,18 +89,28 @@ def _functorch_active():
     return torch._C._are_functorch_transforms_active()
 
 
-def _call(op, need_workspace, *args):
-    """``op(*args, need_workspace)``; below autograd when no gradient can be asked for.
+def _autocast_enabled(device_type):
+    # torch.is_autocast_enabled raises for device types without autocast (meta).
+    return device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
 
-    The ops' autograd kernel is torch.library's Python wrapper, which runs even under no_grad
-    only to pass the call on: measured at B = 1, H = 256, it cost 9 us a call, and 60 us of a
-    1.0 ms T = 100 LSTM call when other work between calls leaves the caches cold. torch.compile
-    traces the plain call (it does not trace the dispatch-key guard).
+
+def _call(op, need_workspace, *args):
+    """``op(*args, need_workspace)``, with the op's autograd formula when a gradient can be
+    asked for, and without torch.library's Python autograd wrapper in eager mode.
+
+    That wrapper runs even under no_grad only to pass the call on: measured at B = 1, H = 256,
+    it cost 9 us a call, and 60 us of a 1.0 ms T = 100 LSTM call when other work between calls
+    leaves the caches cold; in training it costs about 60 us more (EAGER_FUNCTIONS).
+    torch.compile traces the plain call (it does not trace the dispatch-key guard). Under
+    autocast the op's autocast kernel must cast before autograd sees the arguments, as the
+    dispatcher orders them, so the op itself is called.
     """
     if _functorch_active():
         return FUNCTIONS[op].apply(*args, need_workspace)
-    if need_workspace or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _autocast_enabled(args[0].device.type):
         return op(*args, need_workspace)
+    if need_workspace:
+        return EAGER_FUNCTIONS[op].apply(*args, need_workspace)
     with _torch_private.below_autograd():
         return op(*args, need_workspace)
 
@@ -93,6 +122,9 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=
                  batch_sizes=batch_sizes)
     if hx is None:
         hx = (_zeros(input, batch_sizes, weight_hh, 1), _zeros(input, batch_sizes, weight_hh, 0, gates=4))
+    if _one_step(input, batch_sizes):
+        h_n, c_n = lstm_cell(_step_input(input, batch_sizes), hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+        return _step_output(h_n, batch_sizes), (h_n, c_n)
     h0, c0 = hx
     need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     output, h_n, c_n, _ = _call(ops.lstm_forward, need, input, batch_sizes, h0, c0, weight_ih, weight_hh, bias_ih,
@@ -104,6 +136,9 @@ def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes
     """Returns ``(output, h_n)``."""
     _check_types("gru", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, batch_sizes=batch_sizes)
     h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
+    if _one_step(input, batch_sizes):
+        h_n = gru_cell(_step_input(input, batch_sizes), h0, weight_ih, weight_hh, bias_ih, bias_hh)
+        return _step_output(h_n, batch_sizes), h_n
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     output, h_n, _ = _call(ops.gru_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                            reverse)
@@ -116,7 +151,38 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes
     _check_types(f"rnn_{nonlinearity}", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
                  batch_sizes=batch_sizes)
     h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
+    if _one_step(input, batch_sizes):
+        h_n = rnn_cell(_step_input(input, batch_sizes), h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
+        return _step_output(h_n, batch_sizes), h_n
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     output, h_n, _ = _call(ops.rnn_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                            nonlinearity, reverse)
     return output, h_n
+
+
+def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
+    """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c')."""
+    _check_types("lstm_cell", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
+                 weight_hr=weight_hr)
+    if hx is None:
+        hx = (_zeros(input, None, weight_hh, 1, step=True), _zeros(input, None, weight_hh, 0, gates=4, step=True))
+    h0, c0 = hx
+    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    h, c, _ = _call(ops.lstm_cell_forward, need, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    return h, c
+
+
+def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One step: input [B, I], hx = h [B, H] or None -> h'."""
+    _check_types("gru_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    h0 = _zeros(input, None, weight_hh, 1, step=True) if hx is None else hx
+    need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
+    return _call(ops.gru_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh)[0]
+
+
+def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
+    """One step: input [B, I], hx = h [B, H] or None -> h' = act(...), act = tanh or relu."""
+    _check_types(f"rnn_{nonlinearity}_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    h0 = _zeros(input, None, weight_hh, 1, step=True) if hx is None else hx
+    need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
+    return _call(ops.rnn_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)[0]

@@ -20,11 +20,12 @@ __all__ = ["lstm_cell", "gru_cell", "rnn_cell", "lstm", "gru", "rnn"]
 # ---------------------------------------------------------------------------------------------
 
 def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
-    """One step. x [B, I], hx = (h [B, P or H], c [B, H]) -> (h', c').
+    """One step. x [B, I], hx = (h [B, P or H], c [B, H]) or None (zeros) -> (h', c').
 
     h' is projected by weight_hr [P, H] when given: h' = (o * tanh(c')) @ weight_hr.T.
     """
-    h, c = hx
+    h, c = hx if hx is not None else (x.new_zeros(x.size(0), weight_hh.size(1)),
+                                      x.new_zeros(x.size(0), weight_hh.size(0) // 4))
     gates = F.linear(x, weight_ih, bias_ih) + F.linear(h, weight_hh, bias_hh)
     i, f, g, o = gates.chunk(4, -1)
     c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -35,7 +36,9 @@ def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr
 
 
 def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
-    """One step. x [B, I], h [B, H] -> h' [B, H]. Gate order r|z|n; b_hn sits inside r * (...)."""
+    """One step. x [B, I], h [B, H] or None (zeros) -> h' [B, H]. Gate order r|z|n; b_hn sits
+    inside r * (...)."""
+    h = h if h is not None else x.new_zeros(x.size(0), weight_hh.size(1))
     x_r, x_z, x_n = F.linear(x, weight_ih, bias_ih).chunk(3, -1)
     h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, -1)
     r = torch.sigmoid(x_r + h_r)
@@ -45,7 +48,9 @@ def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
 
 
 def rnn_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
-    """One step. x [B, I], h [B, H] -> h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+    """One step. x [B, I], h [B, H] or None (zeros) -> h' = act(W_ih x + b_ih + W_hh h + b_hh),
+    act = tanh or relu."""
+    h = h if h is not None else x.new_zeros(x.size(0), weight_hh.size(1))
     pre = F.linear(x, weight_ih, bias_ih) + F.linear(h, weight_hh, bias_hh)
     if nonlinearity == "tanh":
         return torch.tanh(pre)

@@ -224,6 +224,9 @@ _LAYER_OPS = {
 }
 # The same layer in plain ATen ops, for the arguments the fused ops cannot take (see _step).
 _REFERENCE_OPS = {functional.lstm: reference.lstm, functional.gru: reference.gru, functional.rnn: reference.rnn}
+# One step of the layer's cell: the single-step ops.
+_CELL_OPS = {functional.lstm: functional.lstm_cell, functional.gru: functional.gru_cell,
+             functional.rnn: functional.rnn_cell}
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
@@ -273,7 +276,7 @@ class _FusedCellMixin:
         checks.check_cell_gemms(self, input, states)
         if states is not None:
             self._refuse_3d_states(name, states)
-        out = self._step(input.unsqueeze(0), states)
+        out = self._step(input, states)
         out = out if isinstance(out, tuple) else (out,)
         initial_dtype = input.dtype if states is None else states[-1].dtype  # c0 for LSTMCell
         c = out[1] if self._n_states == 2 else None
@@ -303,7 +306,7 @@ class _FusedCellMixin:
                                    "but got a 2-D tensor")
 
     def _step(self, x, states):
-        """One step on x [1, B, I]: the new state(s). The fused op where it can run, else
+        """One step on x [B, I]: the new state(s). The fused single-step op where it can run, else
         fused_rnn.reference (torch.nn's equations in ATen ops: torch.nn's results and gradients):
         with no hidden units (the op needs one), or an LSTM cell state that torch.nn's
         forget_gate * c promotes to a wider dtype than the weights' (the op runs in one dtype)."""
@@ -313,11 +316,11 @@ class _FusedCellMixin:
             c = checks.cell_state_as_weights(states[1], self.weight_hh)
             wide_c = c is None
             states = states if wide_c else (states[0], c)
-        if wide_c or self.weight_hh.size(1) == 0:
-            layer_op = _REFERENCE_OPS[layer_op]
         state = None if states is None else (states if self._n_states == 2 else states[0])
-        _, state_n = layer_op(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, **op_kwargs)
-        return state_n
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if wide_c or self.weight_hh.size(1) == 0:
+            return _REFERENCE_OPS[layer_op](x.unsqueeze(0), state, *weights, **op_kwargs)[1]
+        return _CELL_OPS[layer_op](x, state, *weights, **op_kwargs)
 
 
 class RNNCell(_FusedCellMixin, nn.RNNCell):

@@ -32,6 +32,7 @@ class Case:
     states: list  # h0 (, c0)
     weights: list  # w_ih, w_hh, b_ih, b_hh (, w_hr) — biases may be None
     reverse: bool
+    step: bool = False  # one step of the cell: input [B, I], the single-step ops; states [] = hx omitted
 
     def leaves(self):
         return [t for t in [self.input, *self.states, *self.weights] if t is not None]
@@ -40,18 +41,23 @@ class Case:
         """The same case with other tensors in place of input, states and weights."""
         it = iter(leaves)
         case = Case(self.cell, next(it), self.batch_sizes, [next(it) for _ in self.states],
-                    [next(it) if w is not None else None for w in self.weights], self.reverse)
+                    [next(it) if w is not None else None for w in self.weights], self.reverse, self.step)
         assert next(it, None) is None, "more leaves than the case has tensors"
         return case
 
     def op_args(self, need_workspace):
         """(forward op name, its arguments) of torch.ops.fused_rnn for this case."""
         extras = [self.cell[4:]] if OP[self.cell] == "rnn" else []  # the nonlinearity
+        if self.step:
+            return f"{OP[self.cell]}_cell_forward", (self.input, *self.states, *self.weights, *extras, need_workspace)
         return f"{OP[self.cell]}_forward", (self.input, self.batch_sizes, *self.states, *self.weights, *extras,
                                             self.reverse, need_workspace)
 
     def run(self, module):
-        """(output, *final_states) through `module` (fused_rnn.functional or reference)."""
+        """(output, *final_states) through `module` (fused_rnn.functional or reference); a
+        step case: the states after the step, through the module's cell functions."""
+        if self.step:
+            return self._run_step(module)
         kw = dict(batch_sizes=self.batch_sizes, reverse=self.reverse)
         if self.cell.startswith("lstm"):
             out, (h, c) = module.lstm(self.input, tuple(self.states), *self.weights, **kw)
@@ -60,6 +66,14 @@ class Case:
             return module.gru(self.input, self.states[0], *self.weights, **kw)
         return module.rnn(self.input, self.states[0], *self.weights, nonlinearity=self.cell[4:], **kw)
 
+    def _run_step(self, module):
+        hx = None if not self.states else tuple(self.states) if self.cell.startswith("lstm") else self.states[0]
+        if self.cell.startswith("lstm"):
+            return module.lstm_cell(self.input, hx, *self.weights)
+        if self.cell == "gru":
+            return (module.gru_cell(self.input, hx, *self.weights),)
+        return (module.rnn_cell(self.input, hx, *self.weights, nonlinearity=self.cell[4:]),)
+
     def function(self, module=functional):
         """The case as a function of its leaves, (output, *final states) through `module`: what
         gradcheck, gradgradcheck and torch.compile take."""
@@ -67,7 +81,9 @@ class Case:
 
 
 def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64, device="cpu",
-              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0, scale=0.5):
+              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0, scale=0.5, step=False, hx=True):
+    """A layer case, or with step=True one step of the cell (input [B, I]); hx=False: no states
+    (the ops' hx=None, zeros)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -82,13 +98,16 @@ def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64,
         T = int(lengths.max())
         batch_sizes = torch.tensor([int((lengths > t).sum()) for t in range(T)], dtype=torch.int64)
         x = rand(int(lengths.sum()), I)
+    elif step:
+        x = rand(B, I)
     else:
         x = rand(T, B, I)
     states = [rand(B, state)] + ([rand(B, H)] if cell.startswith("lstm") else [])
+    states = states if hx else []
     weights = [rand(gh, I), rand(gh, state), rand(gh) if bias else None, rand(gh) if bias else None]
     if cell.startswith("lstm"):
         weights.append(rand(P, H) if cell == "lstm_proj" else None)
-    return Case(cell, x, batch_sizes, states, weights, reverse)
+    return Case(cell, x, batch_sizes, states, weights, reverse, step)
 
 
 def grads(case, outputs, grad_outputs):
@@ -102,8 +121,7 @@ def compare(case):
     def as_ref(t):
         return None if t is None else t.detach().cpu().double().requires_grad_()
 
-    ref_case = Case(case.cell, as_ref(case.input), case.batch_sizes, [as_ref(s) for s in case.states],
-                    [as_ref(w) for w in case.weights], case.reverse)
+    ref_case = case.with_leaves([as_ref(t) for t in case.leaves()])
     fused_out = case.run(functional)
     ref_out = ref_case.run(reference)
     g = torch.Generator().manual_seed(1)
@@ -120,7 +138,7 @@ def nn_scaled(case):
     hidden = case.weights[1].shape[0] // GATES[case.cell]
     scale = 2.0 / math.sqrt(hidden)
     weights = [None if w is None else (w.detach() * scale).requires_grad_() for w in case.weights]
-    return Case(case.cell, case.input, case.batch_sizes, case.states, weights, case.reverse)
+    return Case(case.cell, case.input, case.batch_sizes, case.states, weights, case.reverse, case.step)
 
 
 def check_against_reference(case, check_grads=True):

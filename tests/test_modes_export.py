@@ -35,8 +35,9 @@ T0, B0 = 7, 9
 # second every sequence is shorter than the padded T; the third is the least the dims allow.
 RUN_SIZES = [(12, 4, 12), (3, 2, 2), (1, 1, 1)]
 STRICT = [pytest.param(True, id="strict"), pytest.param(False, id="nonstrict")]
-FUSED_OPS = {torch.ops.fused_rnn.lstm_forward.default, torch.ops.fused_rnn.gru_forward.default,
-             torch.ops.fused_rnn.rnn_forward.default}
+# The layer ops, and the single-step ops of the cells (and of T = 1 layers).
+FUSED_OPS = {getattr(torch.ops.fused_rnn, f"{cell}{kind}_forward").default
+             for cell in ("lstm", "gru", "rnn") for kind in ("", "_cell")}
 # What a decomposed recurrence runs: matrix products, or torch.nn's own RNN ops.
 DECOMPOSED = {f"aten::{name}" for name in ("mm", "addmm", "bmm", "matmul", "linear", "lstm", "gru", "rnn_tanh",
                                            "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell")}

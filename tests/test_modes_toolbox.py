@@ -288,8 +288,8 @@ def test_jit_trace_under_no_grad_can_be_trained(name):
 # torch.func.vmap.
 # ---------------------------------------------------------------------------------------------
 
-FUSED_OP = {"LSTM-proj-L2": "lstm", "GRU-bi": "gru", "RNN_RELU": "rnn", "LSTMCell": "lstm", "GRUCell": "gru",
-            "RNNCell-tanh": "rnn", "RNNCell-relu": "rnn"}
+FUSED_OP = {"LSTM-proj-L2": "lstm", "GRU-bi": "gru", "RNN_RELU": "rnn", "LSTMCell": "lstm_cell",
+            "GRUCell": "gru_cell", "RNNCell-tanh": "rnn_cell", "RNNCell-relu": "rnn_cell"}
 
 
 @pytest.mark.parametrize("params", ["trainable", "frozen"])

@@ -47,7 +47,8 @@ struct ForwardStep {
   const T* x_gates = nullptr;  // [rows, G*H] x W_ih^T (all steps projected up front)
   int64_t x_stride = 0;
   const T* bias_ih = nullptr;  // [G*H] or null
-  const T* h_gates = nullptr;  // [rows, G*H] h_prev W_hh^T (this step's GEMM)
+  const T* h_gates = nullptr;  // [rows, G*H] h_prev W_hh^T (this step's GEMM); null where a
+                               //   cell that sums both paths has it added into x_gates
   int64_t h_stride = 0;
   const T* bias_hh = nullptr;  // [G*H] or null
   T* h_state = nullptr;        // [rows, H] recurrent state: GRU reads h_prev here; the step
@@ -85,6 +86,16 @@ FUSED_RNN_HD V gemm_plus_bias(const IO& io, const T* row, const T* bias, int64_t
   V v = io.load(row + col);
   if (bias) v = v + io.load(bias + col);
   return v;
+}
+
+// Pre-activation column `col` of a cell that sums both paths (LSTM, RNN):
+// (x W_ih^T + b_ih) + (h W_hh^T + b_hh). With a.h_gates null, x_gates already holds both GEMMs
+// (the single-step ops accumulate them into one buffer) and only b_hh is added.
+template <class V, class T, class IO>
+FUSED_RNN_HD V summed_preactivation(const ForwardStep<T>& a, int64_t b, int64_t col, const IO& io) {
+  const V x_part = gemm_plus_bias<V>(io, a.x_gates + b * a.x_stride, a.bias_ih, col);
+  if (a.h_gates) return x_part + gemm_plus_bias<V>(io, a.h_gates + b * a.h_stride, a.bias_hh, col);
+  return a.bias_hh ? x_part + io.load(a.bias_hh + col) : x_part;
 }
 
 // Element (row b, unit j) of a step as every device's loop runs it. Forward: keep h_prev

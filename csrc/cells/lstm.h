@@ -20,12 +20,8 @@ struct LstmCell {
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
     using M = Math<V>;
     const int64_t H = a.hidden;
-    const T* xg = a.x_gates + b * a.x_stride;
-    const T* hg = a.h_gates + b * a.h_stride;
     V p[4];
-    for (int k = 0; k < 4; ++k) {
-      p[k] = gemm_plus_bias<V>(io, xg, a.bias_ih, k * H + j) + gemm_plus_bias<V>(io, hg, a.bias_hh, k * H + j);
-    }
+    for (int k = 0; k < 4; ++k) p[k] = summed_preactivation<V>(a, b, k * H + j, io);
     const V i = M::sigmoid(p[0]), f = M::sigmoid(p[1]), g = M::tanh(p[2]), o = M::sigmoid(p[3]);
     T* c_ptr = a.c_state + b * H + j;
     const V c_prev = io.load(c_ptr);

@@ -19,8 +19,7 @@ struct RnnCell {
   template <class V, class T, class IO>
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
     using M = Math<V>;
-    const V p = gemm_plus_bias<V>(io, a.x_gates + b * a.x_stride, a.bias_ih, j) +
-                gemm_plus_bias<V>(io, a.h_gates + b * a.h_stride, a.bias_hh, j);
+    const V p = summed_preactivation<V>(a, b, j, io);
     const V h = kAct == Activation::kTanh ? M::tanh(p) : M::relu(p);
     io.store(a.h_state + b * a.h_state_stride + j, h);
     io.store(a.h_out + b * a.h_out_stride + j, h);

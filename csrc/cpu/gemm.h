@@ -20,7 +20,8 @@ inline void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool
     if (!accumulate) out.zero_();
     return;
   }
-  if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && mkldnn_matmul_usable()) {
+  if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && a.size(1) >= kMinOneDnnRows &&
+      mkldnn_matmul_usable()) {
     at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
   } else if (a.scalar_type() == at::kFloat && RowDotGemm<float>::fits(out, a, b)) {
     RowDotGemm<float>::multiply(out, a, b, accumulate);

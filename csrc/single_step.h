@@ -1,0 +1,154 @@
+// One time step of a cell as its own op (the cells, decoder loops and every T = 1 layer call):
+// forward is two GEMMs into one gate buffer (one for each path where the cell needs them apart:
+// GRU) and one fused pointwise pass; backward is one pass, then the GEMMs of dh, dx and the
+// weight gradients. Unlike a layer (recurrence.h) nothing is packed, kept in scratch or laid
+// out per time step: h_prev is the op's own argument, which autograd keeps anyway, so the
+// workspace holds only the cell's columns (and a projected LSTM's unprojected h').
+// Generic over the Device, like the driver; the cell math is csrc/cells'.
+#pragma once
+#include <string>
+
+#include "recurrence.h"
+
+namespace fused_rnn {
+
+// Columns of a single step's workspace: Cell::kWorkspace * H, then a projected LSTM's h' (H).
+inline int64_t step_workspace_width(int cell_ws, int64_t hidden, bool proj) {
+  return cell_ws * hidden + (proj ? hidden : 0);
+}
+
+// The name in a single-step op's messages: the cell's, e.g. "lstm_cell".
+template <class Cell>
+const char* step_op_name() {
+  static const std::string name = std::string(Cell::kName) + "_cell";
+  return name.c_str();
+}
+
+// What a single-step forward returns: the new states and, when asked for, the workspace
+// (else an empty tensor, as the schemas return absent ones).
+struct StepOutputs {
+  Tensor h_n, c_n, workspace;
+};
+
+template <class Cell, class Device>
+StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& c, const LayerWeights& w,
+                         bool need_workspace) {
+  const OpScope scope(input);
+  const Sizes s = check_step_args(step_op_name<Cell>(), Cell::kGates, Cell::kHasCellState, input, h, c, w);
+  const auto opts = input.options();
+  const int64_t B = s.batch, H = s.hidden, GH = Cell::kGates * H;
+  const bool proj = w.w_hr.has_value();
+  const Tensor x = input.contiguous(), b_ih = contiguous_or_empty(w.b_ih), b_hh = contiguous_or_empty(w.b_hh);
+  // The recurrent GEMM adds into the input's where the cell only sums the two paths.
+  Tensor x_gates = new_buffer({B, GH}, opts);
+  Device::gemm(x_gates, x, w.w_ih.t(), /*accumulate=*/false);
+  Tensor h_gates = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : x_gates;
+  Device::gemm(h_gates, h.contiguous(), w.w_hh.t(), /*accumulate=*/!Cell::kSplitGateGrads);
+
+  StepOutputs r;
+  const int64_t width = step_workspace_width(Cell::kWorkspace, H, proj);
+  r.workspace = need_workspace ? new_buffer({B, width}, opts) : at::empty({0}, opts);
+  // GRU reads h_prev from h_state and writes h' over it; the other cells only write it.
+  Tensor h_new = proj ? (need_workspace ? r.workspace.narrow(1, Cell::kWorkspace * H, H) : new_buffer({B, H}, opts))
+                      : h.contiguous().clone();
+  r.c_n = Cell::kHasCellState ? c->contiguous().clone() : at::empty({0}, opts);
+  Device::dispatch(x.scalar_type(), Cell::kName, [&](auto tag) {
+    using T = decltype(tag);
+    ForwardStep<T> a;
+    a.rows = B;
+    a.hidden = H;
+    a.x_gates = ptr<T>(x_gates);
+    a.x_stride = GH;
+    a.h_gates = Cell::kSplitGateGrads ? ptr<T>(h_gates) : nullptr;
+    a.h_stride = GH;
+    a.bias_ih = ptr<T>(b_ih);
+    a.bias_hh = ptr<T>(b_hh);
+    a.h_out = ptr<T>(h_new);
+    a.h_out_stride = h_new.stride(0);
+    a.h_state = proj ? nullptr : a.h_out;
+    a.h_state_stride = a.h_out_stride;
+    a.c_state = ptr<T>(r.c_n);
+    a.ws = need_workspace ? ptr<T>(r.workspace) : nullptr;
+    a.ws_stride = width;
+    Device::template forward_step<Cell, T>(a, Units::whole(H));
+  });
+  r.h_n = proj ? matmul<Device>(h_new, w.w_hr->t()) : h_new;
+  if (!Cell::kHasCellState) r.c_n = Tensor();
+  return r;
+}
+
+// Checks what only backward takes: the workspace and the gradients of the new states.
+template <class Cell>
+void check_step_backward_args(const Sizes& s, const Tensor& input, const Tensor& grad_h_n, const OptTensor& grad_c_n,
+                              const Tensor& ws, bool proj) {
+  const char* op = step_op_name<Cell>();
+  const int64_t width = step_workspace_width(Cell::kWorkspace, s.hidden, proj);
+  const auto check = [&](const char* name, const Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.sizes() == shape, op, "_backward: expected ", name, " of shape ", shape, ", but got ", t.sizes(),
+                name == std::string("workspace")
+                    ? "; was the forward run with need_workspace=True on the same arguments?"
+                    : "");
+    TORCH_CHECK(t.scalar_type() == input.scalar_type() && t.device() == input.device(), op, "_backward: expected ",
+                name, " to have the dtype and device of input (", input.scalar_type(), ", ", input.device(),
+                "), but got ", t.scalar_type(), " on ", t.device());
+  };
+  check("workspace", ws, {s.batch, width});
+  check("grad_h_n", grad_h_n, {s.batch, s.state});
+  if (Cell::kHasCellState) check("grad_c_n", *grad_c_n, {s.batch, s.hidden});
+}
+
+template <class Cell, class Device>
+LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, const Tensor& input, const Tensor& h,
+                         const OptTensor& c, const LayerWeights& w, const Tensor& workspace) {
+  const OpScope scope(input);
+  const Sizes s = check_step_args(step_op_name<Cell>(), Cell::kGates, Cell::kHasCellState, input, h, c, w);
+  const bool proj = w.w_hr.has_value();
+  check_step_backward_args<Cell>(s, input, grad_h_n, grad_c_n, workspace, proj);
+  const auto opts = input.options();
+  const int64_t B = s.batch, H = s.hidden, GH = Cell::kGates * H;
+  const Tensor ws = workspace.contiguous(), h_prev = h.contiguous();
+  const int64_t width = ws.size(1);
+
+  GradSources src;
+  src.x = input.contiguous();
+  src.h_prev = h_prev;
+  src.d_proj = grad_h_n.contiguous();
+  // dL/dh' before the projection: through W_hr.
+  const Tensor dh = proj ? matmul<Device>(src.d_proj, *w.w_hr) : src.d_proj;
+  if (proj) src.h_unprojected = ws.narrow(1, Cell::kWorkspace * H, H);
+  src.d_gates_x = new_buffer({B, GH}, opts);
+  src.d_gates_h = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : src.d_gates_x;
+  // GRU writes its direct path dh * z here (adding what it finds: nothing); dh_prev W_hh goes on top.
+  Tensor dh_prev = Cell::kSplitGateGrads ? at::zeros({B, s.state}, opts) : Tensor();
+  Tensor dc_prev = Cell::kHasCellState ? grad_c_n->contiguous().clone() : at::empty({0}, opts);
+  Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
+    using T = decltype(tag);
+    BackwardStep<T> a;
+    a.rows = B;
+    a.hidden = H;
+    a.grad_h = ptr<T>(dh);
+    a.grad_h_stride = H;
+    a.grad_h_state = ptr<T>(dh_prev);
+    a.grad_h_state_stride = s.state;
+    a.grad_c_state = ptr<T>(dc_prev);
+    a.ws = ptr<T>(ws);
+    a.ws_stride = width;
+    a.h_prev = ptr<T>(h_prev);
+    a.h_prev_stride = s.state;
+    a.d_gates_x = ptr<T>(src.d_gates_x);
+    a.d_gates_h = ptr<T>(src.d_gates_h);
+    a.d_gates_stride = GH;
+    Device::template backward_step<Cell, T>(a);
+  });
+  if (Cell::kSplitGateGrads) {
+    Device::gemm(dh_prev, src.d_gates_h, w.w_hh, /*accumulate=*/true);
+  } else {
+    dh_prev = matmul<Device>(src.d_gates_h, w.w_hh);
+  }
+  LayerGrads g = weight_and_input_grads<Cell, Device>(src, w, input.sizes());
+  g.h0 = dh_prev;
+  g.c0 = dc_prev;
+  return g;
+}
+
+}  // namespace fused_rnn
