@@ -66,8 +66,10 @@ void register_autocast(torch::Library& m) {
   m.impl("rnn_forward", &AutocastKernel<kDevice, decltype(Impls::rnn_forward)>::template call<kRnnForward>);
   m.impl("lstm_cell_forward",
          &AutocastKernel<kDevice, decltype(Impls::lstm_cell_forward)>::template call<kLstmCellForward>);
-  m.impl("gru_cell_forward", &AutocastKernel<kDevice, decltype(Impls::gru_cell_forward)>::template call<kGruCellForward>);
-  m.impl("rnn_cell_forward", &AutocastKernel<kDevice, decltype(Impls::rnn_cell_forward)>::template call<kRnnCellForward>);
+  m.impl("gru_cell_forward",
+         &AutocastKernel<kDevice, decltype(Impls::gru_cell_forward)>::template call<kGruCellForward>);
+  m.impl("rnn_cell_forward",
+         &AutocastKernel<kDevice, decltype(Impls::rnn_cell_forward)>::template call<kRnnCellForward>);
 }
 
 }  // namespace fused_rnn

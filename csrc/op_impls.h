@@ -86,8 +86,8 @@ struct OpImpls {
                                       const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
                                       const Tensor& workspace) {
-    const LayerGrads g = step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0,
-                                                         {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace);
+    const LayerGrads g =
+        step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace);
     return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr};
   }
 
@@ -158,14 +158,14 @@ struct OpImpls {
 };
 
 // Registers the impls of every op for one dispatch key.
-#define FUSED_RNN_REGISTER_IMPLS(m, Device)                                \
-  do {                                                                     \
-    m.impl("lstm_forward", &::fused_rnn::OpImpls<Device>::lstm_forward);   \
-    m.impl("lstm_backward", &::fused_rnn::OpImpls<Device>::lstm_backward); \
-    m.impl("gru_forward", &::fused_rnn::OpImpls<Device>::gru_forward);     \
-    m.impl("gru_backward", &::fused_rnn::OpImpls<Device>::gru_backward);   \
-    m.impl("rnn_forward", &::fused_rnn::OpImpls<Device>::rnn_forward);     \
-    m.impl("rnn_backward", &::fused_rnn::OpImpls<Device>::rnn_backward);   \
+#define FUSED_RNN_REGISTER_IMPLS(m, Device)                                          \
+  do {                                                                               \
+    m.impl("lstm_forward", &::fused_rnn::OpImpls<Device>::lstm_forward);             \
+    m.impl("lstm_backward", &::fused_rnn::OpImpls<Device>::lstm_backward);           \
+    m.impl("gru_forward", &::fused_rnn::OpImpls<Device>::gru_forward);               \
+    m.impl("gru_backward", &::fused_rnn::OpImpls<Device>::gru_backward);             \
+    m.impl("rnn_forward", &::fused_rnn::OpImpls<Device>::rnn_forward);               \
+    m.impl("rnn_backward", &::fused_rnn::OpImpls<Device>::rnn_backward);             \
     m.impl("lstm_cell_forward", &::fused_rnn::OpImpls<Device>::lstm_cell_forward);   \
     m.impl("lstm_cell_backward", &::fused_rnn::OpImpls<Device>::lstm_cell_backward); \
     m.impl("gru_cell_forward", &::fused_rnn::OpImpls<Device>::gru_cell_forward);     \
