@@ -5,6 +5,10 @@
 #include <c10/util/accumulate.h>
 
 #include <array>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <unordered_map>
 #include <utility>
 
 namespace fused_rnn {
@@ -12,6 +16,84 @@ namespace fused_rnn {
 bool& poison_new_buffers() {
   static bool poison = false;
   return poison;
+}
+
+namespace {
+
+// Blocks of new_buffer's CPU tensors, kept when their tensor dies for the next buffer of the
+// same size (a training loop asks for the same sizes every step), up to kMaxKeptBytes in all.
+// Tensors may die on any thread, so the pool is locked; it is never destroyed, as tensors
+// may outlive static destruction.
+class BlockPool {
+ public:
+  static constexpr size_t kMinPooledBytes = size_t{256} << 10;
+  static constexpr size_t kMaxKeptBytes = size_t{256} << 20;
+
+  static BlockPool& get() {
+    static BlockPool* pool = new BlockPool;
+    return *pool;
+  }
+
+  Tensor tensor(at::IntArrayRef shape, const at::TensorOptions& opts) {
+    const size_t bytes = static_cast<size_t>(c10::multiply_integers(shape)) * opts.dtype().itemsize();
+    void* block = take(bytes);
+    return at::from_blob(block, shape, [bytes](void* p) { BlockPool::get().give(p, bytes); }, opts);
+  }
+
+  int64_t kept_bytes() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<int64_t>(kept_);
+  }
+
+  void release() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [bytes, block] : free_) std::free(block);
+    free_.clear();
+    kept_ = 0;
+  }
+
+ private:
+  void* take(size_t bytes) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      const auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* block = it->second;
+        free_.erase(it);
+        kept_ -= bytes;
+        return block;
+      }
+    }
+    void* block = nullptr;
+    if (posix_memalign(&block, 64, bytes) != 0) throw std::bad_alloc();
+    return block;
+  }
+
+  void give(void* block, size_t bytes) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (kept_ + bytes <= kMaxKeptBytes) {
+        free_.emplace(bytes, block);
+        kept_ += bytes;
+        return;
+      }
+    }
+    std::free(block);
+  }
+
+  std::mutex mutex_;
+  std::unordered_multimap<size_t, void*> free_;
+  size_t kept_ = 0;
+};
+
+}  // namespace
+
+Tensor new_buffer(at::IntArrayRef shape, const at::TensorOptions& opts) {
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(shape)) * opts.dtype().itemsize();
+  Tensor t = opts.device().is_cpu() && bytes >= BlockPool::kMinPooledBytes ? BlockPool::get().tensor(shape, opts)
+                                                                           : at::empty(shape, opts);
+  if (poison_new_buffers()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
 }
 
 namespace {
@@ -36,13 +118,14 @@ Tensor scratch_buffer(Scratch slot, at::IntArrayRef shape, const at::TensorOptio
 }
 
 int64_t scratch_bytes() {
-  int64_t total = 0;
+  int64_t total = BlockPool::get().kept_bytes();
   for (const Tensor& block : scratch_blocks()) total += block.defined() ? block.numel() : 0;
   return total;
 }
 
 void release_scratch() {
   for (Tensor& block : scratch_blocks()) block = Tensor();
+  BlockPool::get().release();
 }
 
 namespace {

@@ -21,7 +21,9 @@ def check_linear(mat, weight, bias):
     """torch.nn's kernels compute ``mat @ weight.T + bias`` with ATen's linear (the input and, at
     the first step, h). Where dtypes or devices differ, the same call on no rows raises linear's
     own error: addmm's message with a bias, mm's without, each pair of devices its own."""
-    if any(t is not None and (t.dtype != weight.dtype or t.device != weight.device) for t in (mat, bias)):
+    dtype, device = weight.dtype, weight.device
+    if (mat.dtype != dtype or mat.device != device
+            or (bias is not None and (bias.dtype != dtype or bias.device != device))):
         torch_F.linear(mat[:0], weight, bias)
 
 
@@ -72,6 +74,7 @@ def check_two_states(hx, what):
 
 
 # ---- cells ----------------------------------------------------------------------------------
+# `weights` is the cell's (weight_ih, weight_hh, bias_ih, bias_hh), read once per call.
 
 def check_cell_hx(cell, hx):
     """torch.nn's checks of a cell's hx type and count (LSTMCell: a pair of tensors)."""
@@ -85,10 +88,10 @@ def check_cell_hx(cell, hx):
     check_two_states(hx, "lstm_cell")
 
 
-def check_cell_weight_types(cell):
+def check_cell_weight_types(cell, weights):
     """The argument parser's check of w_ih and w_hh (positions 3 and 4 of ATen's lstm_cell /
     gru_cell / rnn_*_cell): a weight set to None. The biases may be None."""
-    for position, (arg, weight) in enumerate((("w_ih", cell.weight_ih), ("w_hh", cell.weight_hh)), start=3):
+    for position, (arg, weight) in enumerate((("w_ih", weights[0]), ("w_hh", weights[1])), start=3):
         if not isinstance(weight, torch.Tensor):
             raise TypeError(
                 f"{cell._mode.lower()}_cell(): argument '{arg}' (position {position}) must be Tensor, "
@@ -98,29 +101,29 @@ def check_cell_weight_types(cell):
 
 # The shape checks of ATen's cells; each cell class lists them in its kernel's order.
 
-def check_cell_input(cell, input, states):
+def check_cell_input(cell, input, states, weights):
     # ATen check_rnn_cell_forward_input
-    if input.size(1) != cell.weight_ih.size(1):
+    if input.size(1) != weights[0].size(1):
         raise RuntimeError(
-            f"input has inconsistent input_size: got {input.size(1)} expected {cell.weight_ih.size(1)}"
+            f"input has inconsistent input_size: got {input.size(1)} expected {weights[0].size(1)}"
         )
 
 
-def check_cell_weights(cell, input, states):
+def check_cell_weights(cell, input, states, weights):
     # ATen check_rnn_cell_forward_weights (hidden_size from weight_hh)
-    gates, hidden_size = GATES[cell._mode], cell.weight_hh.size(1)
-    for name in ("weight_ih", "weight_hh"):
-        rows = getattr(cell, name).size(0)
+    gates, hidden_size = GATES[cell._mode], weights[1].size(1)
+    for name, weight in (("weight_ih", weights[0]), ("weight_hh", weights[1])):
+        rows = weight.size(0)
         if rows != gates * hidden_size:
             raise RuntimeError(
                 f"{name} first dim must be {gates} * hidden_size = {gates * hidden_size}, but got {rows}"
             )
 
 
-def check_cell_hidden(cell, input, states):
+def check_cell_hidden(cell, input, states, weights):
     # ATen check_rnn_cell_forward_hidden, for each state; torch.nn's zeros for hx=None have
     # cell.hidden_size columns, which a replaced weight_hh may not match.
-    hidden_size = cell.weight_hh.size(1)
+    hidden_size = weights[1].size(1)
     for label, hx in enumerate(states or [input.new_empty((input.size(0), cell.hidden_size))]):
         if input.size(0) != hx.size(0):
             raise RuntimeError(
@@ -132,13 +135,17 @@ def check_cell_hidden(cell, input, states):
             )
 
 
-def check_cell_gemms(cell, input, states):
+def check_cell_gemms(cell, input, states, weights):
     """The dtype and device errors of the cell kernel's first operations: ATen's LSTM and Elman
     cells compute h @ W_hh^T before input @ W_ih^T, its GRU cell the other way round; then LSTM's
     forget_gate * c. torch.nn's zero h for hx=None has input's dtype and device."""
-    h = states[0] if states else input.new_empty((0, cell.weight_hh.size(1)))
-    gemms = [(h, cell.weight_hh, cell.bias_hh), (input, cell.weight_ih, cell.bias_ih)]
-    for mat, weight, bias in (gemms[::-1] if cell._mode == "GRU" else gemms):
-        check_linear(mat, weight, bias)
+    w_ih, w_hh, b_ih, b_hh = weights
+    h = states[0] if states else input.new_empty((0, w_hh.size(1)))
+    if cell._mode == "GRU":
+        check_linear(input, w_ih, b_ih)
+        check_linear(h, w_hh, b_hh)
+    else:
+        check_linear(h, w_hh, b_hh)
+        check_linear(input, w_ih, b_ih)
     if states and len(states) == 2:
-        check_cell_state_device(states[1], cell.weight_hh)
+        check_cell_state_device(states[1], w_hh)

@@ -164,6 +164,24 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weigh
     """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c')."""
     _check_types("lstm_cell", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
                  weight_hr=weight_hr)
+    return _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+
+
+def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One step: input [B, I], hx = h [B, H] or None -> h'."""
+    _check_types("gru_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    return _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
+    """One step: input [B, I], hx = h [B, H] or None -> h' = act(...), act = tanh or relu."""
+    _check_types(f"rnn_{nonlinearity}_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    return _rnn_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
+
+
+# The cells' steps after the type checks: what the modules' cells call, having checked more.
+
+def _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None):
     if hx is None:
         hx = (_zeros(input, None, weight_hh, 1, step=True), _zeros(input, None, weight_hh, 0, gates=4, step=True))
     h0, c0 = hx
@@ -172,17 +190,17 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weigh
     return h, c
 
 
-def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
-    """One step: input [B, I], hx = h [B, H] or None -> h'."""
-    _check_types("gru_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+def _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
     h0 = _zeros(input, None, weight_hh, 1, step=True) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     return _call(ops.gru_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh)[0]
 
 
-def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
-    """One step: input [B, I], hx = h [B, H] or None -> h' = act(...), act = tanh or relu."""
-    _check_types(f"rnn_{nonlinearity}_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+def _rnn_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):
     h0 = _zeros(input, None, weight_hh, 1, step=True) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     return _call(ops.rnn_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)[0]
+
+
+# layer function -> its cell's step (modules' cells, after their own checks).
+STEPS = {lstm: _lstm_step, gru: _gru_step, rnn: _rnn_step}

@@ -224,9 +224,6 @@ _LAYER_OPS = {
 }
 # The same layer in plain ATen ops, for the arguments the fused ops cannot take (see _step).
 _REFERENCE_OPS = {functional.lstm: reference.lstm, functional.gru: reference.gru, functional.rnn: reference.rnn}
-# One step of the layer's cell: the single-step ops.
-_CELL_OPS = {functional.lstm: functional.lstm_cell, functional.gru: functional.gru_cell,
-             functional.rnn: functional.rnn_cell}
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
@@ -270,13 +267,14 @@ class _FusedCellMixin:
         if nonlinearity is not None and nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
         checks.check_cell_hx(self, hx)
-        checks.check_cell_weight_types(self)
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        checks.check_cell_weight_types(self, weights)
         for check in self._shape_checks:
-            check(self, input, states)
-        checks.check_cell_gemms(self, input, states)
+            check(self, input, states, weights)
+        checks.check_cell_gemms(self, input, states, weights)
         if states is not None:
             self._refuse_3d_states(name, states)
-        out = self._step(input, states)
+        out = self._step(input, states, weights)
         out = out if isinstance(out, tuple) else (out,)
         initial_dtype = input.dtype if states is None else states[-1].dtype  # c0 for LSTMCell
         c = out[1] if self._n_states == 2 else None
@@ -305,7 +303,7 @@ class _FusedCellMixin:
                 raise RuntimeError(f"{name}: for unbatched 1-D input, {label} should also be 1-D, "
                                    "but got a 2-D tensor")
 
-    def _step(self, x, states):
+    def _step(self, x, states, weights):
         """One step on x [B, I]: the new state(s). The fused single-step op where it can run, else
         fused_rnn.reference (torch.nn's equations in ATen ops: torch.nn's results and gradients):
         with no hidden units (the op needs one), or an LSTM cell state that torch.nn's
@@ -313,14 +311,13 @@ class _FusedCellMixin:
         layer_op, op_kwargs = _LAYER_OPS[self._mode]
         wide_c = False
         if states is not None and self._n_states == 2:
-            c = checks.cell_state_as_weights(states[1], self.weight_hh)
+            c = checks.cell_state_as_weights(states[1], weights[1])
             wide_c = c is None
             states = states if wide_c else (states[0], c)
         state = None if states is None else (states if self._n_states == 2 else states[0])
-        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if wide_c or self.weight_hh.size(1) == 0:
+        if wide_c or weights[1].size(1) == 0:
             return _REFERENCE_OPS[layer_op](x.unsqueeze(0), state, *weights, **op_kwargs)[1]
-        return _CELL_OPS[layer_op](x, state, *weights, **op_kwargs)
+        return functional.STEPS[layer_op](x, state, *weights, **op_kwargs)
 
 
 class RNNCell(_FusedCellMixin, nn.RNNCell):

@@ -100,3 +100,20 @@ def test_bench_autocast_options(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--autocast", "bf16", "--dtype", "bf16"])
     assert "--autocast bf16" in capsys.readouterr().err
+
+
+def test_bench_cells_section(tmp_path):
+    """--section cells times one step of each cell module against torch.nn's."""
+    out = tmp_path / "cells.json"
+    rc = bench.main(["--section", "cells", "--quick", "--device", "cpu", "--threads", "1", "--no-progress",
+                     "--no-plot", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["cell"], r["kind"]) for r in rows} == {(c, "cell") for c in ("lstm", "gru", "rnn")}
+    assert {r["dtype"] for r in rows} == {"fp32", "fp64"} and {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
+    for r in rows:
+        assert "error" not in r, r.get("error")
+        assert r["case"].startswith(f"{r['cell']}cell ") and r["rel_diff"] is not None and r["rel_diff"] < 1e-4
+    names = [c.name for c in bench.build_cases(bench.parse_args(["--section", "cells"]), bench.resolve_device("cpu"))]
+    assert names[:3] == ["lstmcell B97 I51 H51 fp64", "grucell B97 I51 H51 fp64", "rnncell B97 I51 H51 fp64"]
+    assert len(names) == 9

@@ -36,6 +36,12 @@ QUICK = {"seq_len": 10, "batch": None, "input_size": None, "hidden": 32, "layers
          "bidirectional": False, "packed": False, "dtype": "fp32", "autocast": None}
 QUICK_BATCHES = (1, 4)
 QUICK_VARIANTS = ({}, {"layers": 2, "bidirectional": True}, {"packed": True}, {"dtype": "bf16"})
+# The cells section (--section cells): one step of LSTMCell / GRUCell / RNNCell, the call every
+# decoder, streaming model and RL policy makes per step. The shapes: pytorch/examples'
+# time_sequence_prediction (float64, B = 97, H = 51), a decoder at B = 1 and one at B = 64.
+CELL_SHAPES = ({"dtype": "fp64", "batch": 97, "hidden": 51}, {"dtype": "fp32", "batch": 1, "hidden": 256},
+               {"dtype": "fp32", "batch": 64, "hidden": 512})
+QUICK_CELL_SHAPES = ({"dtype": "fp32", "batch": 2, "hidden": 16}, {"dtype": "fp64", "batch": 3, "hidden": 8})
 PACKED_MIN_FRACTION = 0.3  # packed lengths drawn in [0.3 T, T]: 30..100 for T = 100
 
 _TF32 = {"off": [False], "on": [True], "both": [False, True]}
@@ -56,8 +62,12 @@ class Case:
     dtype: str = "fp32"
     tf32: bool | None = None
     autocast: str | None = None
+    kind: str = "layer"  # or "cell": one step of the cell module (seq_len 1, layers 1)
 
     def tokens(self, with_batch=True):
+        if self.kind == "cell":
+            t = [f"{self.cell}cell"] + ([f"B{self.batch}"] if with_batch else [])
+            return t + [f"I{self.input_size}", f"H{self.hidden}", self.dtype]
         t = [self.cell, f"T{self.seq_len}"]
         if with_batch:
             t.append(f"B{self.batch}")
@@ -124,8 +134,26 @@ def _grid_cases(cell, grid, tf32, device):
             yield Case(cell=cell, tf32=setting, **c)
 
 
+def _cell_cases(args):
+    """The cells section: every cell at each of CELL_SHAPES (the options' axes replace them)."""
+    cases = []
+    for shape in QUICK_CELL_SHAPES if args.quick else CELL_SHAPES:
+        batches = args.batch or [shape["batch"]]
+        hiddens = args.hidden or [shape["hidden"]]
+        dtypes = args.dtype or [shape["dtype"]]
+        for cell, batch, hidden, dtype in itertools.product(args.cells, batches, hiddens, dtypes):
+            inputs = args.input_size or [hidden]
+            cases += [Case(cell=cell, seq_len=1, batch=batch, input_size=i, hidden=hidden, dtype=dtype,
+                           kind="cell") for i in inputs]
+    return list(dict.fromkeys(cases))
+
+
 def build_cases(args, device):
     """The list of cases picked by the parsed options, in run order."""
+    if args.section == "cells":
+        cases = _cell_cases(args)
+        pattern = re.compile(args.filter) if args.filter else None
+        return [c for c in cases if pattern is None or pattern.search(c.name)]
     base, batches, variants = _sweep(args)
     axes = {k: [v] for k, v in base.items()}
     axes["batch"] = list(batches)

@@ -35,7 +35,10 @@ def probe_torch(pair, mode):
 
 
 def flat_outputs(result):
-    """[output, h_n] or [output, h_n, c_n] of a module call; a packed output as its data."""
+    """[output, h_n] or [output, h_n, c_n] of a module call; a packed output as its data; a
+    cell's [h] or [h, c]."""
+    if isinstance(result, torch.Tensor):
+        return [result]
     out, h = result
     out = out.data if isinstance(out, PackedSequence) else out
     return [out, *h] if isinstance(h, tuple) else [out, h]

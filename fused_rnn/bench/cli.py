@@ -48,6 +48,10 @@ def _yes_no_both(text):
 
 
 def _what_to_run(g):
+    g.add_argument("--section", choices=("layers", "cells"), default="layers",
+                   help="layers: the modules over sequences (the sweeps below); cells: one step "
+                        "of LSTMCell/GRUCell/RNNCell, fp64 B97 H51 (time_sequence_prediction), "
+                        "fp32 B1 H256 and B64 H512, timed per call")
     g.add_argument("--sweep", choices=("standard", "short", "full"), default="short",
                    help="standard: T100 B64 I=H=512 L1 fp32 only; short: that with "
                         f"B in {list(SHORT_BATCHES)}; full: the docs/DESIGN.md §5 grid "
@@ -144,7 +148,7 @@ def resolve_device(name):
 
 def timing_from_args(args, device):
     """(warmup, min_repeats, max_repeats, budget_s): the options over the device's defaults."""
-    key = "quick" if args.quick else device.type
+    key = "quick" if args.quick else f"{device.type}-cells" if args.section == "cells" else device.type
     warmup, min_repeats, max_repeats, budget = TIMING_DEFAULTS.get(key, TIMING_DEFAULTS["cpu"])
     warmup = args.warmup if args.warmup is not None else warmup
     min_repeats = args.min_repeats if args.min_repeats is not None else min_repeats
@@ -155,7 +159,8 @@ def timing_from_args(args, device):
 
 def default_out(env, args):
     date = env["date_utc"][:10]
-    suffix = "".join([f"-{args.sweep}" if args.sweep != "short" else "",
+    suffix = "".join(["-cells" if args.section == "cells" else "",
+                      f"-{args.sweep}" if args.sweep != "short" and args.section == "layers" else "",
                       f"-tf32{args.tf32}" if env["device"] == "cuda" and args.tf32 != "off"
                       else "",
                       f"-autocast{args.autocast}" if args.autocast != "off" else "",
@@ -169,7 +174,7 @@ def default_out(env, args):
 
 
 def _run_config(args, device, timing):
-    return {"sweep": "quick" if args.quick else args.sweep, "modes": args.modes,
+    return {"section": args.section, "sweep": "quick" if args.quick else args.sweep, "modes": args.modes,
             "tf32": args.tf32 if device.type == "cuda" else None, "autocast": args.autocast,
             "timing": dict(zip(("warmup", "min_repeats", "max_repeats", "budget_s"), timing)),
             "input_sets": args.input_sets, "seed": args.seed,

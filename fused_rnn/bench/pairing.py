@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import GRU, LSTM, RNN
+from .. import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .cases import DTYPES, packed_lengths
 from .checks import backend_of, compare_forward, compare_training, flat_outputs, probe_torch
 
@@ -24,11 +24,12 @@ def _stable_seed(*parts):
 
 
 def torch_classes():
-    return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+    return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN,
+            "lstmcell": torch.nn.LSTMCell, "grucell": torch.nn.GRUCell, "rnncell": torch.nn.RNNCell}
 
 
 def fused_classes():
-    return {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+    return {"lstm": LSTM, "gru": GRU, "rnn": RNN, "lstmcell": LSTMCell, "grucell": GRUCell, "rnncell": RNNCell}
 
 
 def _batch_sizes(lengths):
@@ -45,6 +46,16 @@ class InputSet:
         dirs = 2 if case.bidirectional else 1
         state_shape = (case.layers * dirs, case.batch, case.hidden)
         n_states = 2 if case.cell == "lstm" else 1
+        if case.kind == "cell":  # one step: x [B, I], states [B, H]; the results are the states
+            state_shape = (case.batch, case.hidden)
+            data = randn(case.batch, case.input_size).requires_grad_()
+            self.x = data
+            states = [randn(*state_shape).requires_grad_() for _ in range(n_states)]
+            self.hx = tuple(states) if n_states == 2 else states[0]
+            self.leaves = [data, *states]
+            self.grads = [randn(*state_shape) for _ in range(n_states)]
+            self.nbytes = sum(t.numel() * t.element_size() for t in self.leaves + self.grads)
+            return
         if lengths is not None:
             batch_sizes = _batch_sizes(lengths)
             data = randn(int(batch_sizes.sum()), case.input_size).requires_grad_()
@@ -91,10 +102,13 @@ class Pair:
         """torch.nn's module initialises the weights; the fused one loads its state_dict."""
         case = self.case
         kwargs = {"num_layers": case.layers, "bidirectional": case.bidirectional}
+        name = case.cell
+        if case.kind == "cell":
+            kwargs, name = {}, f"{case.cell}cell"
         torch.manual_seed(seed)
-        ref = torch_classes()[case.cell](case.input_size, case.hidden, **kwargs)
+        ref = torch_classes()[name](case.input_size, case.hidden, **kwargs)
         ref = ref.to(device=self.device, dtype=self.dtype)
-        fused = candidate[case.cell](case.input_size, case.hidden, **kwargs)
+        fused = candidate[name](case.input_size, case.hidden, **kwargs)
         fused = fused.to(device=self.device, dtype=self.dtype)
         fused.load_state_dict(ref.state_dict())
         return {"torch": ref, "fused": fused}

@@ -19,8 +19,10 @@ from .pairing import Pair
 from .report import progress_line
 from .tf32 import set_tf32, tf32_flags
 
-# Per-device defaults of the timing loop: (warmup, min_repeats, max_repeats, budget_s).
-TIMING_DEFAULTS = {"cpu": (2, 3, 15, 2.0), "cuda": (3, 10, 100, 1.0), "quick": (1, 2, 3, 0.05)}
+# Per-device defaults of the timing loop: (warmup, min_repeats, max_repeats, budget_s). A cell
+# step takes tens of microseconds to a few milliseconds: many more repeats of one call.
+TIMING_DEFAULTS = {"cpu": (2, 3, 15, 2.0), "cuda": (3, 10, 100, 1.0), "quick": (1, 2, 3, 0.05),
+                   "cpu-cells": (20, 50, 3000, 2.0), "cuda-cells": (20, 50, 3000, 1.0)}
 
 
 def _timer(device):
