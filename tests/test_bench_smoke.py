@@ -117,3 +117,18 @@ def test_bench_cells_section(tmp_path):
     names = [c.name for c in bench.build_cases(bench.parse_args(["--section", "cells"]), bench.resolve_device("cpu"))]
     assert names[:3] == ["lstmcell B97 I51 H51 fp64", "grucell B97 I51 H51 fp64", "rnncell B97 I51 H51 fp64"]
     assert len(names) == 9
+
+
+def test_bench_decoder_section(tmp_path):
+    """--section decoder: the seq2seq model on fused_rnn against the same on torch.nn's modules."""
+    out = tmp_path / "decoder.json"
+    rc = bench.main(["--section", "decoder", "--quick", "--device", "cpu", "--threads", "1", "--no-progress",
+                     "--no-plot", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]
+    tasks = {(r["style"], r["decode"], r["mode"]) for r in rows}
+    assert tasks == {(style, decode, "fwd" if decode else "fwdbwd") for style in ("luong-feed", "bahdanau")
+                     for decode in (None, "greedy", "beam5")}
+    for r in rows:
+        assert "error" not in r, r.get("error")
+        assert r["rel_diff"] is not None and r["rel_diff"] < 1e-4

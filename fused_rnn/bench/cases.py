@@ -42,6 +42,13 @@ QUICK_VARIANTS = ({}, {"layers": 2, "bidirectional": True}, {"packed": True}, {"
 CELL_SHAPES = ({"dtype": "fp64", "batch": 97, "hidden": 51}, {"dtype": "fp32", "batch": 1, "hidden": 256},
                {"dtype": "fp32", "batch": 64, "hidden": 512})
 QUICK_CELL_SHAPES = ({"dtype": "fp32", "batch": 2, "hidden": 16}, {"dtype": "fp64", "batch": 3, "hidden": 8})
+# The decoder section (--section decoder): source and target of T tokens, a vocabulary of
+# DECODER_VOCAB, embeddings E, an LSTM of H units (bidirectional encoder); each style's training
+# step and its greedy and beam-5 decoding.
+DECODER_SHAPE = {"batch": 32, "seq_len": 20, "input_size": 128, "hidden": 256}
+QUICK_DECODER_SHAPE = {"batch": 2, "seq_len": 4, "input_size": 8, "hidden": 16}
+DECODER_STYLES = ("luong-feed", "bahdanau")
+DECODER_TASKS = (None, "greedy", "beam5")
 PACKED_MIN_FRACTION = 0.3  # packed lengths drawn in [0.3 T, T]: 30..100 for T = 100
 
 _TF32 = {"off": [False], "on": [True], "both": [False, True]}
@@ -62,9 +69,14 @@ class Case:
     dtype: str = "fp32"
     tf32: bool | None = None
     autocast: str | None = None
-    kind: str = "layer"  # or "cell": one step of the cell module (seq_len 1, layers 1)
+    kind: str = "layer"  # "cell": one step of the cell module; "decoder": a seq2seq model
+    style: str | None = None  # decoder: "luong-feed" (Luong with input feeding) or "bahdanau"
+    decode: str | None = None  # decoder: "greedy" or "beam5" (timed as fwd); None: a training step
 
     def tokens(self, with_batch=True):
+        if self.kind == "decoder":
+            t = ["decoder", self.style, self.cell] + ([f"B{self.batch}"] if with_batch else [])
+            return t + [f"T{self.seq_len}", f"E{self.input_size}", f"H{self.hidden}", self.decode or "train"]
         if self.kind == "cell":
             t = [f"{self.cell}cell"] + ([f"B{self.batch}"] if with_batch else [])
             return t + [f"I{self.input_size}", f"H{self.hidden}", self.dtype]
@@ -148,10 +160,16 @@ def _cell_cases(args):
     return list(dict.fromkeys(cases))
 
 
+def _decoder_cases(args):
+    shape = QUICK_DECODER_SHAPE if args.quick else DECODER_SHAPE
+    return [Case(cell="lstm", dtype="fp32", kind="decoder", style=style, decode=task, **shape)
+            for style in DECODER_STYLES for task in DECODER_TASKS]
+
+
 def build_cases(args, device):
     """The list of cases picked by the parsed options, in run order."""
-    if args.section == "cells":
-        cases = _cell_cases(args)
+    if args.section in ("cells", "decoder"):
+        cases = _cell_cases(args) if args.section == "cells" else _decoder_cases(args)
         pattern = re.compile(args.filter) if args.filter else None
         return [c for c in cases if pattern is None or pattern.search(c.name)]
     base, batches, variants = _sweep(args)

@@ -48,10 +48,12 @@ def _yes_no_both(text):
 
 
 def _what_to_run(g):
-    g.add_argument("--section", choices=("layers", "cells"), default="layers",
+    g.add_argument("--section", choices=("layers", "cells", "decoder"), default="layers",
                    help="layers: the modules over sequences (the sweeps below); cells: one step "
                         "of LSTMCell/GRUCell/RNNCell, fp64 B97 H51 (time_sequence_prediction), "
-                        "fp32 B1 H256 and B64 H512, timed per call")
+                        "fp32 B1 H256 and B64 H512, timed per call; decoder: a seq2seq model on "
+                        "fused_rnn against the same model on torch.nn's modules (Luong with input "
+                        "feeding, Bahdanau): training step, greedy and beam-5 decoding")
     g.add_argument("--sweep", choices=("standard", "short", "full"), default="short",
                    help="standard: T100 B64 I=H=512 L1 fp32 only; short: that with "
                         f"B in {list(SHORT_BATCHES)}; full: the docs/DESIGN.md §5 grid "
@@ -149,6 +151,7 @@ def resolve_device(name):
 def timing_from_args(args, device):
     """(warmup, min_repeats, max_repeats, budget_s): the options over the device's defaults."""
     key = "quick" if args.quick else f"{device.type}-cells" if args.section == "cells" else device.type
+    key = f"{device.type}-decoder" if args.section == "decoder" and not args.quick else key
     warmup, min_repeats, max_repeats, budget = TIMING_DEFAULTS.get(key, TIMING_DEFAULTS["cpu"])
     warmup = args.warmup if args.warmup is not None else warmup
     min_repeats = args.min_repeats if args.min_repeats is not None else min_repeats
@@ -159,7 +162,7 @@ def timing_from_args(args, device):
 
 def default_out(env, args):
     date = env["date_utc"][:10]
-    suffix = "".join(["-cells" if args.section == "cells" else "",
+    suffix = "".join([f"-{args.section}" if args.section != "layers" else "",
                       f"-{args.sweep}" if args.sweep != "short" and args.section == "layers" else "",
                       f"-tf32{args.tf32}" if env["device"] == "cuda" and args.tf32 != "off"
                       else "",

@@ -15,6 +15,7 @@ import torch
 
 from .cases import MODES, SUSPECT_REL_DIFF
 from .checks import SIDES, TorchUnsupported
+from .decoder import DecoderPair
 from .pairing import Pair
 from .report import progress_line
 from .tf32 import set_tf32, tf32_flags
@@ -22,7 +23,8 @@ from .tf32 import set_tf32, tf32_flags
 # Per-device defaults of the timing loop: (warmup, min_repeats, max_repeats, budget_s). A cell
 # step takes tens of microseconds to a few milliseconds: many more repeats of one call.
 TIMING_DEFAULTS = {"cpu": (2, 3, 15, 2.0), "cuda": (3, 10, 100, 1.0), "quick": (1, 2, 3, 0.05),
-                   "cpu-cells": (20, 50, 3000, 2.0), "cuda-cells": (20, 50, 3000, 1.0)}
+                   "cpu-cells": (20, 50, 3000, 2.0), "cuda-cells": (20, 50, 3000, 1.0),
+                   "cpu-decoder": (2, 5, 50, 3.0), "cuda-decoder": (3, 10, 100, 1.0)}
 
 
 def _timer(device):
@@ -166,8 +168,11 @@ def run_case(case, device, timing, modes, candidate=None, seed=0, n_sets=None, r
     if case.tf32 is not None:
         set_tf32(case.tf32)
     base = _case_fields(case, device)
+    if case.kind == "decoder":  # a training step is timed as fwd+bwd, decoding as fwd
+        modes = [m for m in modes if m == ("fwd" if case.decode else "fwdbwd")]
     try:
-        pair = Pair(case, device, candidate=candidate, n_sets=n_sets, seed=seed)
+        pair_class = DecoderPair if case.kind == "decoder" else Pair
+        pair = pair_class(case, device, candidate=candidate, n_sets=n_sets, seed=seed)
     except Exception as e:  # noqa: BLE001 - reported in the row, the sweep goes on
         return [dict(base, mode=m, error=f"{type(e).__name__}: {e}") for m in modes]
     extra = _input_fields(pair)
