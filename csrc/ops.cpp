@@ -7,6 +7,7 @@
 #include "autocast.h"
 #include "cpu_device.h"
 #include "op_impls.h"
+#include "step_autograd.h"
 
 TORCH_LIBRARY(fused_rnn, m) {
   m.def(
@@ -138,6 +139,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "Columns of the workspace a forward with need_workspace=True returns, given the cell's "
       "workspace_units (cells[name]['workspace_units']).");
+  m.def("step_with_grad", &fused_rnn::step_with_grad,
+        "The single-step op `name` in eager training, with its autograd node in C++ (step_autograd.h).");
+  m.def(
+      "set_step_double_backward", [](pybind11::object fn) { fused_rnn::step_double_backward() = std::move(fn); },
+      "The Python formula step_with_grad's node calls for create_graph=True.");
   m.def("scratch_bytes", &fused_rnn::scratch_bytes,
         "Bytes of CPU scratch memory the calling thread keeps between op calls.");
   m.def("release_scratch", &fused_rnn::release_scratch,

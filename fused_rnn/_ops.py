@@ -172,7 +172,7 @@ def _register(spec):
         grads = [g if g is not None else differentiable[0].new_zeros(shape)
                  for g, shape in zip(grads[:-1], ctx.output_shapes)]
         if torch.is_grad_enabled():
-            result = _reference_grads(spec, ctx, tensors, differentiable, grads)
+            result = _reference_grads(spec, tensors, ctx.extras, ctx.flags, differentiable, grads)
         else:
             if not ctx.need_workspace:
                 raise RuntimeError(
@@ -220,7 +220,7 @@ def _register(spec):
     EAGER_FUNCTIONS[forward_op] = EagerFunction
 
 
-def _reference_grads(spec, ctx, tensors, differentiable, grads):
+def _reference_grads(spec, tensors, extras, flags, differentiable, grads):
     """backward with create_graph=True: the gradients of the reference, which are differentiable.
     A tensor passed in two slots (tied weights) gets its whole gradient, which covers both uses,
     in its first slot only: autograd adds up what the slots return."""
@@ -229,7 +229,7 @@ def _reference_grads(spec, ctx, tensors, differentiable, grads):
         if t is not None and t.requires_grad and not any(t is w for w in wanted):
             wanted.append(t)
     with torch.enable_grad():
-        outs = _reference_call(spec, tensors, ctx.extras, ctx.flags)
+        outs = _reference_call(spec, tensors, extras, flags)
     found = torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True)
     result, given = [], set()
     for t in differentiable:
@@ -237,6 +237,23 @@ def _reference_grads(spec, ctx, tensors, differentiable, grads):
         result.append(None if index is None or index in given else found[index])
         given.add(index)
     return result
+
+
+def step_double_backward(name, inputs, extras, grads):
+    """The gradient of each input of a single-step call whose node is C++'s
+    (_C.step_with_grad, csrc/step_autograd.h), for backward with create_graph=True."""
+    spec = STEP_SPECS[name[:-len("_cell")]]
+    return _reference_grads(spec, inputs, tuple(extras), (), list(inputs), grads)
+
+
+_C.set_step_double_backward(step_double_backward)
+
+
+def step_with_grad(spec, args):
+    """The single-step op of `spec` on the forward's arguments but need_workspace, in eager
+    training: (*states_n, None), the states with their autograd node in C++."""
+    n = spec.n_tensors
+    return (*_C.step_with_grad(spec.name, list(args[:n]), list(args[n:]), spec.n_states), None)
 
 
 # forward op -> its autograd.Function (see FusedFunction), and the same for eager calls.

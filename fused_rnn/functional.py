@@ -13,7 +13,7 @@ their results to torch.nn's dtypes (fused_rnn/_autocast.py).
 import torch
 
 from . import _torch_private
-from ._ops import EAGER_FUNCTIONS, FUNCTIONS, ops
+from ._ops import EAGER_FUNCTIONS, FUNCTIONS, STEP_SPECS, ops, step_with_grad
 
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
 
@@ -89,6 +89,10 @@ def _functorch_active():
     return torch._C._are_functorch_transforms_active()
 
 
+# single-step forward op -> its spec: eager training calls them through step_with_grad.
+STEP_OPS = {getattr(ops, f"{spec.name}_forward"): spec for spec in STEP_SPECS.values()}
+
+
 def _autocast_enabled(device_type):
     # torch.is_autocast_enabled raises for device types without autocast (meta).
     return device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
@@ -107,10 +111,11 @@ def _call(op, need_workspace, *args):
     """
     if _functorch_active():
         return FUNCTIONS[op].apply(*args, need_workspace)
-    if torch.compiler.is_compiling() or _autocast_enabled(args[0].device.type):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _autocast_enabled(args[0].device.type):
         return op(*args, need_workspace)
     if need_workspace:
-        return EAGER_FUNCTIONS[op].apply(*args, need_workspace)
+        step = STEP_OPS.get(op)
+        return EAGER_FUNCTIONS[op].apply(*args, need_workspace) if step is None else step_with_grad(step, args)
     with _torch_private.below_autograd():
         return op(*args, need_workspace)
 

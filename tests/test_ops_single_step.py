@@ -137,3 +137,25 @@ def test_reference_cells_take_no_hx():
     h, c = reference.lstm_cell(x, None, w_ih, w_hh)
     zeros = torch.zeros(3, 2, dtype=torch.float64)
     assert torch.equal(h, reference.lstm_cell(x, (zeros, zeros), w_ih, w_hh)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_training_node_is_cpp_and_behaves_like_autograd(device):
+    """Eager training calls get their autograd node from C++ (csrc/step_autograd.h): a second
+    backward raises torch's error unless the graph is retained, an unused state gets a zero
+    gradient, and only the inputs that require grad receive one."""
+    case = make_case("lstm_proj", step=True, device=device, B=3)
+    h, c = case.run(functional)
+    assert h.grad_fn.name() == "FusedRnnStepBackward" and h.grad_fn is c.grad_fn
+    first = torch.autograd.grad(h.sum(), case.leaves(), retain_graph=True)
+    second = torch.autograd.grad(h.sum(), case.leaves(), retain_graph=False)
+    expected = torch.autograd.grad(case.run(reference)[0].sum(), case.leaves())
+    for a, b, e in zip(first, second, expected):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, e)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(h.sum(), case.leaves())
+    frozen = case.with_leaves([t.detach().requires_grad_(i >= 3) for i, t in enumerate(case.leaves())])
+    h, _ = frozen.run(functional)
+    h.sum().backward()
+    assert all((t.grad is None) == (i < 3) for i, t in enumerate(frozen.leaves()))
