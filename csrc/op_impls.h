@@ -2,6 +2,7 @@
 // name the cell, call the driver (recurrence.h: a layer; single_step.h: one step), and lay its
 // named results out as the op schemas (ops.cpp) return them.
 #pragma once
+#include <array>
 #include <string>
 #include <tuple>
 
@@ -85,9 +86,11 @@ struct OpImpls {
   static LstmGrads lstm_cell_backward(const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
                                       const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                                      const Tensor& workspace) {
-    const LayerGrads g =
-        step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace);
+                                      const Tensor& workspace, std::array<bool, 8> output_mask) {
+    const auto& m = output_mask;
+    const GradMask mask{m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]};
+    const LayerGrads g = step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0,
+                                                         {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace, mask);
     return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr};
   }
 
@@ -98,8 +101,8 @@ struct OpImpls {
 
   static Grads gru_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
                                  const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                 const Tensor& workspace) {
-    return cell_backward<GruCell>(grad_h_n, input, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, workspace);
+                                 const Tensor& workspace, std::array<bool, 6> output_mask) {
+    return cell_backward<GruCell>(grad_h_n, input, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, workspace, output_mask);
   }
 
   static StepOutputs rnn_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
@@ -112,10 +115,11 @@ struct OpImpls {
 
   static Grads rnn_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
                                  const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                 c10::string_view nonlinearity, const Tensor& workspace) {
+                                 c10::string_view nonlinearity, const Tensor& workspace,
+                                 std::array<bool, 6> output_mask) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
-    return is_relu(nonlinearity) ? cell_backward<RnnReluCell>(grad_h_n, input, h0, w, workspace)
-                                 : cell_backward<RnnTanhCell>(grad_h_n, input, h0, w, workspace);
+    return is_relu(nonlinearity) ? cell_backward<RnnReluCell>(grad_h_n, input, h0, w, workspace, output_mask)
+                                 : cell_backward<RnnTanhCell>(grad_h_n, input, h0, w, workspace, output_mask);
   }
 
  private:
@@ -149,10 +153,14 @@ struct OpImpls {
     return {r.h_n, r.workspace};
   }
 
+  // output_mask: the gradients to compute, in the order they are returned.
   template <class Cell>
   static Grads cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const LayerWeights& w,
-                             const Tensor& workspace) {
-    const LayerGrads g = step_backward<Cell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace);
+                             const Tensor& workspace, std::array<bool, 6> output_mask) {
+    const auto& m = output_mask;
+    const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false};
+    const LayerGrads g =
+        step_backward<Cell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace, mask);
     return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
   }
 };

@@ -39,13 +39,15 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
       "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
   // One step of a cell (single_step.h): input [B, I], the states before the step, the same
-  // weights; the states after it, and the workspace when need_workspace.
+  // weights; the states after it, and the workspace when need_workspace. Backward computes the
+  // GEMM-made gradients output_mask asks for; the others come back as empty tensors.
   m.def(
       "lstm_cell_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? weight_hr, bool need_workspace) -> (Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_cell_backward(Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, "
-      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor workspace) -> (Tensor grad_input, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor workspace, bool[8] output_mask) "
+      "-> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
       "Tensor grad_bias_hh, Tensor grad_weight_hr)");
   m.def(
@@ -53,14 +55,16 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor? bias_hh, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
   m.def(
       "gru_cell_backward(Tensor grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, Tensor workspace) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor workspace, bool[6] output_mask) -> (Tensor grad_input, "
+      "Tensor grad_h0, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
   m.def(
       "rnn_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, str nonlinearity, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
   m.def(
       "rnn_cell_backward(Tensor grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, Tensor workspace) -> (Tensor grad_input, "
+      "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, Tensor workspace, bool[6] output_mask) -> "
+      "(Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
 }
 

@@ -352,21 +352,33 @@ struct GradSources {
   Tensor d_proj;                // projected LSTM: [N, P] dL/d(projected h')
 };
 
+// Which gradients a backward computes (the others come back as empty tensors): all of them
+// for a layer; a single step leaves out those autograd does not ask for (an input or a state
+// that needs no gradient, frozen weights), most of them a GEMM as large as the step's own.
+struct GradMask {
+  bool input = true, h0 = true, c0 = true, weight_ih = true, weight_hh = true, bias_ih = true, bias_hh = true,
+       weight_hr = true;
+};
+
 // dx, the weight gradients (one GEMM each over all rows) and the bias sums; the state
 // gradients are the caller's.
 template <class Cell, class Device>
-LayerGrads weight_and_input_grads(const GradSources& s, const LayerWeights& w, at::IntArrayRef input_shape) {
+LayerGrads weight_and_input_grads(const GradSources& s, const LayerWeights& w, at::IntArrayRef input_shape,
+                                  const GradMask& mask = {}) {
   const auto opts = s.x.options();
+  const auto unless = [&](bool wanted, auto&& compute) { return wanted ? compute() : at::empty({0}, opts); };
   LayerGrads g;
-  g.input = matmul<Device>(s.d_gates_x, w.w_ih).view(input_shape);
-  g.weight_ih = matmul<Device>(s.d_gates_x.t(), s.x);
-  g.weight_hh = matmul<Device>(s.d_gates_h.t(), s.h_prev);
+  g.input = unless(mask.input, [&] { return matmul<Device>(s.d_gates_x, w.w_ih).view(input_shape); });
+  g.weight_ih = unless(mask.weight_ih, [&] { return matmul<Device>(s.d_gates_x.t(), s.x); });
+  g.weight_hh = unless(mask.weight_hh, [&] { return matmul<Device>(s.d_gates_h.t(), s.h_prev); });
   // Sums over rows are deterministic reductions (no atomics) on both devices.
-  g.bias_ih = w.b_ih.has_value() ? s.d_gates_x.sum(0) : at::empty({0}, opts);
+  g.bias_ih = unless(w.b_ih.has_value() && mask.bias_ih, [&] { return s.d_gates_x.sum(0); });
   // Where both paths share the gate grads (all but GRU), both biases get the same sum.
-  const bool same_sum = !Cell::kSplitGateGrads && w.b_ih.has_value();
-  g.bias_hh = !w.b_hh.has_value() ? at::empty({0}, opts) : same_sum ? g.bias_ih.clone() : s.d_gates_h.sum(0);
-  g.weight_hr = w.w_hr.has_value() ? matmul<Device>(s.d_proj.t(), s.h_unprojected) : at::empty({0}, opts);
+  const bool same_sum = !Cell::kSplitGateGrads && g.bias_ih.numel() > 0;
+  g.bias_hh =
+      unless(w.b_hh.has_value() && mask.bias_hh, [&] { return same_sum ? g.bias_ih.clone() : s.d_gates_h.sum(0); });
+  g.weight_hr =
+      unless(w.w_hr.has_value() && mask.weight_hr, [&] { return matmul<Device>(s.d_proj.t(), s.h_unprojected); });
   return g;
 }
 

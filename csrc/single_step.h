@@ -99,7 +99,7 @@ void check_step_backward_args(const Sizes& s, const Tensor& input, const Tensor&
 
 template <class Cell, class Device>
 LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, const Tensor& input, const Tensor& h,
-                         const OptTensor& c, const LayerWeights& w, const Tensor& workspace) {
+                         const OptTensor& c, const LayerWeights& w, const Tensor& workspace, const GradMask& mask) {
   const OpScope scope(input);
   const Sizes s = check_step_args(step_op_name<Cell>(), Cell::kGates, Cell::kHasCellState, input, h, c, w);
   const bool proj = w.w_hr.has_value();
@@ -140,14 +140,16 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
     a.d_gates_stride = GH;
     Device::template backward_step<Cell, T>(a);
   });
-  if (Cell::kSplitGateGrads) {
+  if (!mask.h0) {
+    dh_prev = at::empty({0}, opts);
+  } else if (Cell::kSplitGateGrads) {
     Device::gemm(dh_prev, src.d_gates_h, w.w_hh, /*accumulate=*/true);
   } else {
     dh_prev = matmul<Device>(src.d_gates_h, w.w_hh);
   }
-  LayerGrads g = weight_and_input_grads<Cell, Device>(src, w, input.sizes());
+  LayerGrads g = weight_and_input_grads<Cell, Device>(src, w, input.sizes(), mask);
   g.h0 = dh_prev;
-  g.c0 = dc_prev;
+  g.c0 = mask.c0 ? dc_prev : at::empty({0}, opts);
   return g;
 }
 

@@ -90,10 +90,16 @@ class StepBackward : public torch::autograd::Node {
     for (const auto& t : inputs) stack.emplace_back(t.has_value() ? c10::IValue(*t) : c10::IValue());
     for (const auto& e : extras_) stack.emplace_back(e);
     stack.emplace_back(workspace_.unpack());
+    // output_mask: only what the engine will pass on (an input that needs no gradient, frozen
+    // weights: each of those is a GEMM the step's backward leaves out).
+    c10::List<bool> mask;
+    size_t edge = 0;
+    for (const auto& t : inputs) mask.push_back(t.has_value() && task_should_compute_output(edge++));
+    stack.emplace_back(mask);
     StepOps::get(name_).backward.callBoxed(&stack);
     std::vector<std::optional<at::Tensor>> result;
     for (size_t i = 0; i < inputs.size(); ++i) {
-      result.push_back(inputs[i] ? std::optional<at::Tensor>(stack[i].toTensor()) : std::nullopt);
+      result.push_back(mask[i] ? std::optional<at::Tensor>(stack[i].toTensor()) : std::nullopt);
     }
     return result;
   }

@@ -71,6 +71,12 @@ class _OpSpec:
         """The tensor arguments that get a gradient: all but batch_sizes."""
         return [tensors[0], *tensors[self.n_leading:]]
 
+    def needs_grad(self, ctx):
+        """Whether each of `differentiable` needs a gradient, from ctx.needs_input_grad (one per
+        forward argument)."""
+        needs = ctx.needs_input_grad
+        return [needs[0], *needs[self.n_leading:self.n_tensors]]
+
     def forward_grads(self, result):
         """The gradients of `differentiable` -> one per forward argument (None for the others)."""
         tail = [None] * (self.n_extras + self.n_flags)
@@ -150,9 +156,9 @@ def _register(spec):
         _check_devices(backward_op.default, args)
         n_grads = spec.n_states + (0 if spec.step else 1)
         input, _, states0, weights = spec.parts(args[n_grads:n_grads + spec.n_tensors])
-        grads = [input.new_empty(input.shape)] + [s.new_empty(s.shape) for s in states0]
-        grads += [w.new_empty(w.shape) if w is not None else input.new_empty((0,)) for w in weights]
-        return tuple(grads)
+        mask = args[-1] if spec.step else [True] * spec.n_tensors  # the step ops' output_mask
+        shapes = [input.shape, *(s.shape for s in states0), *(w.shape if w is not None else (0,) for w in weights)]
+        return tuple(input.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, mask))
 
     def setup_context(ctx, inputs, output):
         tensors, extras, flags, need_workspace = spec.split(inputs)
@@ -180,8 +186,11 @@ def _register(spec):
                     "nothing to differentiate; call it with need_workspace=True (fused_rnn.functional "
                     "does this whenever a gradient is needed)"
                 )
-            raw = backward_op(*grads, *tensors, *ctx.extras, workspace, *ctx.flags)
-            result = [g if t is not None else None for g, t in zip(raw, differentiable)]
+            # The step ops compute only the gradients autograd asks for.
+            wanted = [t is not None and needed for t, needed in zip(differentiable, spec.needs_grad(ctx))]
+            mask = [wanted] if spec.step else []
+            raw = backward_op(*grads, *tensors, *ctx.extras, workspace, *ctx.flags, *mask)
+            result = [g if w else None for g, w in zip(raw, wanted)]
         return spec.forward_grads(result)
 
     torch.library.register_autograd(f"fused_rnn::{spec.name}_forward", backward, setup_context=setup_context)

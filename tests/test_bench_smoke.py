@@ -102,18 +102,26 @@ def test_bench_autocast_options(capsys):
     assert "--autocast bf16" in capsys.readouterr().err
 
 
-def test_bench_cells_section(tmp_path):
-    """--section cells times one step of each cell module against torch.nn's."""
-    out = tmp_path / "cells.json"
-    rc = bench.main(["--section", "cells", "--quick", "--device", "cpu", "--threads", "1", "--no-progress",
+def _quick_section_rows(section, tmp_path):
+    """The rows of `--section <section> --quick` on the CPU, each measured without error and
+    agreeing with torch.nn."""
+    out = tmp_path / f"{section}.json"
+    rc = bench.main(["--section", section, "--quick", "--device", "cpu", "--threads", "1", "--no-progress",
                      "--no-plot", "--out", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())["results"]
-    assert {(r["cell"], r["kind"]) for r in rows} == {(c, "cell") for c in ("lstm", "gru", "rnn")}
-    assert {r["dtype"] for r in rows} == {"fp32", "fp64"} and {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
     for r in rows:
         assert "error" not in r, r.get("error")
-        assert r["case"].startswith(f"{r['cell']}cell ") and r["rel_diff"] is not None and r["rel_diff"] < 1e-4
+        assert r["rel_diff"] is not None and r["rel_diff"] < 1e-4
+    return rows
+
+
+def test_bench_cells_section(tmp_path):
+    """--section cells times one step of each cell module against torch.nn's."""
+    rows = _quick_section_rows("cells", tmp_path)
+    assert {(r["cell"], r["kind"]) for r in rows} == {(c, "cell") for c in ("lstm", "gru", "rnn")}
+    assert {r["dtype"] for r in rows} == {"fp32", "fp64"} and {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
+    assert all(r["case"].startswith(f"{r['cell']}cell ") for r in rows)
     names = [c.name for c in bench.build_cases(bench.parse_args(["--section", "cells"]), bench.resolve_device("cpu"))]
     assert names[:3] == ["lstmcell B97 I51 H51 fp64", "grucell B97 I51 H51 fp64", "rnncell B97 I51 H51 fp64"]
     assert len(names) == 9
@@ -121,14 +129,7 @@ def test_bench_cells_section(tmp_path):
 
 def test_bench_decoder_section(tmp_path):
     """--section decoder: the seq2seq model on fused_rnn against the same on torch.nn's modules."""
-    out = tmp_path / "decoder.json"
-    rc = bench.main(["--section", "decoder", "--quick", "--device", "cpu", "--threads", "1", "--no-progress",
-                     "--no-plot", "--out", str(out)])
-    assert rc == 0
-    rows = json.loads(out.read_text())["results"]
+    rows = _quick_section_rows("decoder", tmp_path)
     tasks = {(r["style"], r["decode"], r["mode"]) for r in rows}
     assert tasks == {(style, decode, "fwd" if decode else "fwdbwd") for style in ("luong-feed", "bahdanau")
                      for decode in (None, "greedy", "beam5")}
-    for r in rows:
-        assert "error" not in r, r.get("error")
-        assert r["rel_diff"] is not None and r["rel_diff"] < 1e-4

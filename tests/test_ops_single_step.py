@@ -56,7 +56,28 @@ def test_step_opcheck(device, cell, dtype):
     grads = [torch.randn_like(o) for o in outs[:-1]]
     inputs = [a.detach() if torch.is_tensor(a) else a for a in args[:-1]]
     backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
-    torch.library.opcheck(backward, (*grads, *inputs, outs[-1]))
+    n_grads = len([a for a in inputs if a is None or torch.is_tensor(a)])
+    for mask in ([True] * n_grads, [i % 2 == 0 for i in range(n_grads)]):
+        torch.library.opcheck(backward, (*grads, *inputs, outs[-1], mask))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_step_backward_computes_what_its_mask_asks_for(device, cell):
+    """output_mask: a False entry gives an empty tensor, the others the full backward's values."""
+    name, args = make_case(cell, step=True, device=device, **SIZES).op_args(need_workspace=True)
+    with torch.no_grad():
+        outs = getattr(torch.ops.fused_rnn, name)(*args)
+    grads = [torch.randn_like(o) for o in outs[:-1]]
+    inputs = [a.detach() if torch.is_tensor(a) else a for a in args[:-1]]
+    backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
+    n_grads = len([a for a in inputs if a is None or torch.is_tensor(a)])
+    full = backward(*grads, *inputs, outs[-1], [True] * n_grads)
+    for skipped in range(n_grads):
+        mask = [i != skipped for i in range(n_grads)]
+        partial = backward(*grads, *inputs, outs[-1], mask)
+        for i, (p, f) in enumerate(zip(partial, full)):
+            assert p.numel() == 0 if i == skipped else torch.equal(p, f), (skipped, i)
 
 
 class _OpsCalled(TorchDispatchMode):
