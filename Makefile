@@ -40,14 +40,16 @@ build: $(BUILT)
 # one after the other (torch writes one build.ninja per temp folder). Built into build/lib,
 # then renamed into the package: a running process (a test run while the extension is
 # rebuilt) keeps the module it loaded, where an in-place copy would overwrite the file under it.
-# The stamp takes the time the build started, so a source edited during a build is rebuilt.
+# The stamp takes the time the build started, so a source edited during a build is rebuilt;
+# a build of some levels only (FUSED_RNN_CPU_LEVELS=avx512 make build) leaves no stamp, so the
+# next plain `make build` rebuilds the others.
 $(BUILT): $(DEPS) $(CSRC)
 	@touch $@.started
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) setup.py -q build_ext --build-lib build/lib
 	@rm -f fused_rnn/_C.*.so  # the single-level module of older builds
 	@for f in build/lib/fused_rnn/_C*.so; do \
 	  cp "$$f" "fused_rnn/.$$(basename $$f).new" && mv -f "fused_rnn/.$$(basename $$f).new" "fused_rnn/$$(basename $$f)"; done
-	@mv $@.started $@
+	@if [ -n "$$FUSED_RNN_CPU_LEVELS" ]; then rm -f $@.started $@; else mv $@.started $@; fi
 
 # Every CUDA source must compile for sm_80 and sm_90 with plain nvcc (no torch, no cuBLAS), and
 # the C++ that drives the kernels (ops_cuda.cpp) must compile against torch's and CUDA's
