@@ -17,11 +17,14 @@ __all__ = ["functional", "reference", "tbptt", "__version__",
 
 
 def cpu_scratch_bytes():
-    """Bytes of CPU scratch memory (input projections, gate gradients) that the calling
-    thread keeps between calls, so that the next call of the same size allocates nothing."""
+    """Bytes of CPU memory kept between calls so that the next call of the same size gets
+    memory it has touched already: the calling thread's scratch (input projections, gate
+    gradients) and the process's blocks for the ops' buffers of 256 KiB and more (at most
+    256 MiB; kept when their tensors die)."""
     return _ops._C.scratch_bytes()
 
 
 def release_cpu_scratch():
-    """Frees the calling thread's kept CPU scratch memory; the next call allocates afresh."""
+    """Frees the calling thread's kept CPU scratch memory and the kept blocks; the next call
+    allocates afresh."""
     _ops._C.release_scratch()

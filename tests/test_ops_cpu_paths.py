@@ -114,6 +114,30 @@ def test_scratch_reuse_across_calls(cell):
         assert torch.equal(fused, before)
 
 
+def test_large_buffers_come_from_kept_blocks():
+    """Buffers of 256 KiB and more (here a step's two 1 MiB weight gradients) get the blocks of
+    the previous call's, once those tensors are gone, and a live result keeps its own memory."""
+    case = make_case("lstm", step=True, dtype=torch.float32, B=1, I=256, H=256, requires_grad=False)
+    name, args = case.op_args(need_workspace=True)
+    outs = getattr(torch.ops.fused_rnn, name)(*args)
+    backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
+
+    def weight_grads():
+        grads = backward(*[torch.ones_like(o) for o in outs[:2]], *args[:-1], outs[-1], [True] * 8)
+        return grads[3], grads[4]
+
+    fused_rnn.release_cpu_scratch()
+    first = weight_grads()
+    kept = [g.clone() for g in first]
+    blocks = {g.data_ptr() for g in first}
+    del first
+    again = weight_grads()
+    assert {g.data_ptr() for g in again} == blocks
+    assert all(torch.equal(a, b) for a, b in zip(again, kept))
+    while_alive = weight_grads()
+    assert not {g.data_ptr() for g in while_alive} & blocks
+
+
 def test_release_scratch():
     case = make_case("gru")
     compare(case)
