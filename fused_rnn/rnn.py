@@ -247,10 +247,48 @@ _torch_private.allow_in_dynamo(_FusedRNNMixin)
 
 class _FusedCellMixin:
     """forward() for the three RNNCellBase subclasses below: torch.nn's checks in torch.nn's
-    order, then one step of the layer op (T = 1). States are handled as a tuple throughout:
-    (h,) for GRU/RNN cells, (h, c) for LSTMCell."""
+    order, then one step of the cell (the single-step op). States are handled as a tuple
+    throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell."""
 
     def forward(self, input, hx=None):
+        result = self._common_call(input, hx)
+        return result if result is not None else self._checked_call(input, hx)
+
+    def _common_call(self, input, hx):
+        """The call a decoder loop makes every step -- batched input, hx None or states of its
+        shape, outside autocast and torch.compile -- straight to the op, which checks every
+        shape, dtype and device itself; None where the checked call must run instead. That is
+        also so wherever the op refuses the arguments: the checked call then raises torch.nn's
+        error, or computes what torch.nn computes where it accepts them (a c0 wider than the
+        weights). The checks cost about 8 us of a 45 us LSTMCell step at B = 1, H = 256."""
+        if not isinstance(input, torch.Tensor) or input.dim() != 2 or torch.compiler.is_compiling():
+            return None
+        if _autocast.autocast_dtype(input.device) is not None:
+            return None
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if hx is None:  # torch.nn's zero states have hidden_size columns: a replaced weight_hh must agree
+            if not isinstance(weights[1], torch.Tensor) or weights[1].dim() != 2 or \
+                    weights[1].size(1) != self.hidden_size:
+                return None
+        elif not self._states_of_rank_2(hx):
+            return None
+        layer_op, op_kwargs = _LAYER_OPS.get(self._mode, (None, None))
+        if layer_op is None:  # an RNNCell nonlinearity torch.nn refuses
+            return None
+        try:
+            return functional.STEPS[layer_op](input, hx, *weights, **op_kwargs)
+        except (RuntimeError, TypeError, ValueError):  # the op's argument checks and schema
+            # Only these: other exceptions unwind on purpose (non-reentrant checkpoint stops a
+            # recomputation with one) and must pass through.
+            return None
+
+    def _states_of_rank_2(self, hx):
+        states = (hx,) if self._n_states == 1 else hx
+        if self._n_states == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            return False
+        return all(isinstance(s, torch.Tensor) and s.dim() == 2 for s in states)
+
+    def _checked_call(self, input, hx):
         name = type(self).__name__
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -327,7 +365,7 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
 
     @property
     def _mode(self):  # the nonlinearity may be changed after construction; forward checks it
-        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        return {"tanh": "RNN_TANH", "relu": "RNN_RELU"}.get(self.nonlinearity, "RNN_UNKNOWN")
 
 
 class GRUCell(_FusedCellMixin, nn.GRUCell):
