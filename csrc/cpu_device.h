@@ -1,10 +1,12 @@
 // The CPU Device (the contract is in device.h): each member hands over to the file of its job
-// in csrc/cpu/ (GEMM routing, packed step weights, the split-step loop, the pointwise pass).
+// in csrc/cpu/ (GEMM routing, packed step weights, the split-step loop, the pointwise pass,
+// the single-step forward).
 #pragma once
 #include <ATen/Dispatch.h>
 
 #include "cpu/gemm.h"
 #include "cpu/pointwise.h"
+#include "cpu/small_step.h"
 #include "cpu/split_steps.h"
 #include "cpu/step_weight.h"
 #include "device.h"
@@ -38,6 +40,12 @@ struct CpuDevice {
   template <class Cell, class T>
   static void backward_step(const BackwardStep<T>& a) {
     cpu::run_step<Cell, T>(a, Units::whole(a.hidden));
+  }
+
+  template <class Cell, class T>
+  static void single_step(const ForwardStep<T>& a, const at::Tensor& x, const at::Tensor& w_ih_t, const at::Tensor& h,
+                          const at::Tensor& w_hh_t, at::Tensor& x_gates, at::Tensor& h_gates, bool accumulate) {
+    cpu::single_step<Cell, T>(a, x, w_ih_t, h, w_hh_t, x_gates, h_gates, accumulate);
   }
 };
 

@@ -92,6 +92,15 @@ struct CudaDevice {
     C10_CUDA_CHECK((launch_forward_step<Cell, U>(as_cuda_step(a), c10::cuda::getCurrentCUDAStream().stream())));
   }
 
+  // A single-step op's forward: the two products (cuBLAS), then the pass.
+  template <class Cell, class T>
+  static void single_step(const ForwardStep<T>& a, const at::Tensor& x, const at::Tensor& w_ih_t, const at::Tensor& h,
+                          const at::Tensor& w_hh_t, at::Tensor& x_gates, at::Tensor& h_gates, bool accumulate) {
+    gemm(x_gates, x, w_ih_t, /*accumulate=*/false);
+    gemm(h_gates, h, w_hh_t, accumulate);
+    forward_step<Cell, T>(a, Units::whole(a.hidden));
+  }
+
   template <class Cell, class T>
   static void backward_step(const BackwardStep<T>& a) {
     using U = typename CudaScalar<T>::type;

@@ -29,6 +29,12 @@
 //
 //   template <class Cell, class T> static void forward_step(const ForwardStep<T>& a, const Units& units);
 //   template <class Cell, class T> static void backward_step(const BackwardStep<T>& a);
+//   template <class Cell, class T> static void single_step(const ForwardStep<T>& a, const at::Tensor& x,
+//       const at::Tensor& w_ih_t, const at::Tensor& h, const at::Tensor& w_hh_t, at::Tensor& x_gates,
+//       at::Tensor& h_gates, bool accumulate);
+//       A single-step op's forward (single_step.h): x_gates = x W_ih^T, h_gates (+)= h W_hh^T
+//       (accumulate: into x_gates itself), then forward_step's pass; the CPU runs a step of a
+//       few rows in one parallel region (cpu/small_step.h).
 //       One fused pointwise pass of a step over [a.rows, a.hidden] (the units of `units` when
 //       split): the cell math of csrc/cells applied to every element (step_element).
 //

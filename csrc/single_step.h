@@ -41,16 +41,15 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
   const Tensor x = input.contiguous(), b_ih = contiguous_or_empty(w.b_ih), b_hh = contiguous_or_empty(w.b_hh);
   // The recurrent GEMM adds into the input's where the cell only sums the two paths.
   Tensor x_gates = new_buffer({B, GH}, opts);
-  Device::gemm(x_gates, x, w.w_ih.t(), /*accumulate=*/false);
   Tensor h_gates = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : x_gates;
-  Device::gemm(h_gates, h.contiguous(), w.w_hh.t(), /*accumulate=*/!Cell::kSplitGateGrads);
+  const Tensor h_prev = h.contiguous();
 
   StepOutputs r;
   const int64_t width = step_workspace_width(Cell::kWorkspace, H, proj);
   r.workspace = need_workspace ? new_buffer({B, width}, opts) : at::empty({0}, opts);
   // GRU reads h_prev from h_state and writes h' over it; the other cells only write it.
   Tensor h_new = proj ? (need_workspace ? r.workspace.narrow(1, Cell::kWorkspace * H, H) : new_buffer({B, H}, opts))
-                      : h.contiguous().clone();
+                      : h_prev.clone();
   r.c_n = Cell::kHasCellState ? c->contiguous().clone() : at::empty({0}, opts);
   Device::dispatch(x.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
@@ -70,7 +69,8 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
     a.c_state = ptr<T>(r.c_n);
     a.ws = need_workspace ? ptr<T>(r.workspace) : nullptr;
     a.ws_stride = width;
-    Device::template forward_step<Cell, T>(a, Units::whole(H));
+    Device::template single_step<Cell, T>(a, x, w.w_ih.t(), h_prev, w.w_hh.t(), x_gates, h_gates,
+                                          /*accumulate=*/!Cell::kSplitGateGrads);
   });
   r.h_n = proj ? matmul<Device>(h_new, w.w_hr->t()) : h_new;
   if (!Cell::kHasCellState) r.c_n = Tensor();

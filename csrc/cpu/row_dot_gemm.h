@@ -30,8 +30,7 @@ class RowDotGemm {
   }
 
   static void multiply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-    const Args x{a.size(0),   b.size(0),         a.data_ptr<T>(), a.stride(0), b.data_ptr<T>(),
-                 b.stride(1), out.data_ptr<T>(), out.stride(0),   accumulate};
+    const Args x = args(out, a, b, accumulate);
     const int64_t n = b.size(1);
     // Split W's rows over the threads when each gets about 16k multiply-adds or more.
     const int64_t grain = std::max<int64_t>(kWRows, 16384 / std::max<int64_t>(1, x.m * x.k));
@@ -41,6 +40,20 @@ class RowDotGemm {
       case 2: return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<2>(x, j0, j1); });
       case 3: return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<3>(x, j0, j1); });
       default: return at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) { columns<4>(x, j0, j1); });
+    }
+  }
+
+  // Columns [j0, j1) of out (rows [j0, j1) of W) on the calling thread: multiply() for a caller
+  // that divides the columns among its threads itself (small_step.h).
+  static void multiply_columns(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate,
+                               int64_t j0, int64_t j1) {
+    const Args x = args(out, a, b, accumulate);
+    switch (x.m) {
+      case 0: return;
+      case 1: return columns<1>(x, j0, j1);
+      case 2: return columns<2>(x, j0, j1);
+      case 3: return columns<3>(x, j0, j1);
+      default: return columns<4>(x, j0, j1);
     }
   }
 
@@ -56,6 +69,11 @@ class RowDotGemm {
     int64_t ldo;
     bool accumulate;
   };
+
+  static Args args(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+    return {a.size(0),   b.size(0),         a.data_ptr<T>(), a.stride(0), b.data_ptr<T>(),
+            b.stride(1), out.data_ptr<T>(), out.stride(0),   accumulate};
+  }
 
   // Columns [j0, j1) of out, i.e. rows [j0, j1) of W.
   template <int M>
