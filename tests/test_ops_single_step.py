@@ -180,3 +180,19 @@ def test_eager_training_node_is_cpp_and_behaves_like_autograd(device):
     h, _ = frozen.run(functional)
     h.sum().backward()
     assert all((t.grad is None) == (i < 3) for i, t in enumerate(frozen.leaves()))
+
+
+@pytest.mark.parametrize("what,change,message", [
+    ("workspace", lambda a: {**a, "ws": a["ws"][:, :3]}, "expected workspace of shape"),
+    ("workspace dtype", lambda a: {**a, "ws": a["ws"].double()}, "expected workspace to have the dtype"),
+    ("grad_h_n", lambda a: {**a, "g": a["g"][:2]}, "expected grad_h_n of shape"),
+    ("input", lambda a: {**a, "x": a["x"][None]}, "expected input to be 2-D"),
+])
+def test_step_ops_refuse_bad_arguments(what, change, message):
+    """The single-step ops check every argument they read through a pointer, naming it."""
+    case = make_case("lstm", step=True, requires_grad=False)
+    name, args = case.op_args(need_workspace=True)
+    h, c, ws = torch.ops.fused_rnn.lstm_cell_forward(*args)
+    a = change({"x": case.input, "g": h, "ws": ws})
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fused_rnn.lstm_cell_backward(a["g"], c, a["x"], *args[1:-1], a["ws"], [True] * 8)
