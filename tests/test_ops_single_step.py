@@ -184,7 +184,7 @@ def test_eager_training_node_is_cpp_and_behaves_like_autograd(device):
 
 @pytest.mark.parametrize("what,change,message", [
     ("workspace", lambda a: {**a, "ws": a["ws"][:, :3]}, "expected workspace of shape"),
-    ("workspace dtype", lambda a: {**a, "ws": a["ws"].double()}, "expected workspace to have the dtype"),
+    ("workspace dtype", lambda a: {**a, "ws": a["ws"].float()}, "expected workspace to have the dtype"),
     ("grad_h_n", lambda a: {**a, "g": a["g"][:2]}, "expected grad_h_n of shape"),
     ("input", lambda a: {**a, "x": a["x"][None]}, "expected input to be 2-D"),
 ])
