@@ -47,9 +47,10 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
   StepOutputs r;
   const int64_t width = step_workspace_width(Cell::kWorkspace, H, proj);
   r.workspace = need_workspace ? new_buffer({B, width}, opts) : at::empty({0}, opts);
-  // GRU reads h_prev from h_state and writes h' over it; the other cells only write it.
+  // h' goes to h_state, which starts as h_prev where the cell reads it there (GRU).
   Tensor h_new = proj ? (need_workspace ? r.workspace.narrow(1, Cell::kWorkspace * H, H) : new_buffer({B, H}, opts))
-                      : h_prev.clone();
+                 : Cell::kReadsHiddenState ? h_prev.clone()
+                                           : new_buffer({B, H}, opts);
   r.c_n = Cell::kHasCellState ? c->contiguous().clone() : at::empty({0}, opts);
   Device::dispatch(x.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);

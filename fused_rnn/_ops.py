@@ -156,8 +156,8 @@ def _register(spec):
         _check_devices(backward_op.default, args)
         n_grads = spec.n_states + (0 if spec.step else 1)
         input, _, states0, weights = spec.parts(args[n_grads:n_grads + spec.n_tensors])
-        mask = args[-1] if spec.step else [True] * spec.n_tensors  # the step ops' output_mask
         shapes = [input.shape, *(s.shape for s in states0), *(w.shape if w is not None else (0,) for w in weights)]
+        mask = args[-1] if spec.step else [True] * len(shapes)  # the step ops' output_mask
         return tuple(input.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, mask))
 
     def setup_context(ctx, inputs, output):
@@ -226,7 +226,8 @@ def _register(spec):
             return output
 
     EagerFunction.backward = staticmethod(backward)
-    EAGER_FUNCTIONS[forward_op] = EagerFunction
+    if not spec.step:  # eager single steps get a C++ node instead (step_with_grad)
+        EAGER_FUNCTIONS[forward_op] = EagerFunction
 
 
 def _reference_grads(spec, tensors, extras, flags, differentiable, grads):
@@ -265,7 +266,7 @@ def step_with_grad(spec, args):
     return (*_C.step_with_grad(spec.name, list(args[:n]), list(args[n:]), spec.n_states), None)
 
 
-# forward op -> its autograd.Function (see FusedFunction), and the same for eager calls.
+# forward op -> its autograd.Function (see FusedFunction); layer op -> the same for eager calls.
 FUNCTIONS = {}
 EAGER_FUNCTIONS = {}
 for _spec in (*SPECS.values(), *STEP_SPECS.values()):

@@ -12,7 +12,7 @@ their results to torch.nn's dtypes (fused_rnn/_autocast.py).
 """
 import torch
 
-from . import _torch_private
+from . import _autocast, _torch_private
 from ._ops import EAGER_FUNCTIONS, FUNCTIONS, STEP_SPECS, ops, step_with_grad
 
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
@@ -93,11 +93,6 @@ def _functorch_active():
 STEP_OPS = {getattr(ops, f"{spec.name}_forward"): spec for spec in STEP_SPECS.values()}
 
 
-def _autocast_enabled(device_type):
-    # torch.is_autocast_enabled raises for device types without autocast (meta).
-    return device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
-
-
 def _call(op, need_workspace, *args):
     """``op(*args, need_workspace)``, with the op's autograd formula when a gradient can be
     asked for, and without torch.library's Python autograd wrapper in eager mode.
@@ -111,7 +106,7 @@ def _call(op, need_workspace, *args):
     """
     if _functorch_active():
         return FUNCTIONS[op].apply(*args, need_workspace)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _autocast_enabled(args[0].device.type):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _autocast.autocast_dtype(args[0].device):
         return op(*args, need_workspace)
     if need_workspace:
         step = STEP_OPS.get(op)

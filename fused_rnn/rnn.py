@@ -222,8 +222,9 @@ _LAYER_OPS = {
     "RNN_TANH": (functional.rnn, {"nonlinearity": "tanh"}),
     "RNN_RELU": (functional.rnn, {"nonlinearity": "relu"}),
 }
-# The same layer in plain ATen ops, for the arguments the fused ops cannot take (see _step).
-_REFERENCE_OPS = {functional.lstm: reference.lstm, functional.gru: reference.gru, functional.rnn: reference.rnn}
+# The same step in plain ATen ops, for the arguments the fused ops cannot take (see _step).
+_REFERENCE_STEPS = {functional.lstm: reference.lstm_cell, functional.gru: reference.gru_cell,
+                    functional.rnn: reference.rnn_cell}
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
@@ -242,7 +243,7 @@ _torch_private.allow_in_dynamo(_FusedRNNMixin)
 
 
 # ---------------------------------------------------------------------------------------------
-# Cells: one time step = the layer op with T = 1 (or the reference where the op cannot run: _step).
+# Cells: one time step = the single-step op (or the reference where the op cannot run: _step).
 # ---------------------------------------------------------------------------------------------
 
 class _FusedCellMixin:
@@ -354,7 +355,7 @@ class _FusedCellMixin:
             states = states if wide_c else (states[0], c)
         state = None if states is None else (states if self._n_states == 2 else states[0])
         if wide_c or weights[1].size(1) == 0:
-            return _REFERENCE_OPS[layer_op](x.unsqueeze(0), state, *weights, **op_kwargs)[1]
+            return _REFERENCE_STEPS[layer_op](x, state, *weights, **op_kwargs)
         return functional.STEPS[layer_op](x, state, *weights, **op_kwargs)
 
 

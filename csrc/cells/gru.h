@@ -14,6 +14,8 @@ struct GruCell {
   static constexpr bool kHasCellState = false;
   // d/dh_n = d/dn_pre * r differs from the input path's d/dx_n = d/dn_pre.
   static constexpr bool kSplitGateGrads = true;
+  // The step reads h_prev from h_state (h' = ... + z * h) before writing h' there.
+  static constexpr bool kReadsHiddenState = true;
   static constexpr const char* kName = "gru";
 
   template <class V, class T, class IO>

@@ -14,6 +14,8 @@ struct LstmCell {
   static constexpr bool kHasCellState = true;
   // Backward's gate grads are the same on the input and the hidden path.
   static constexpr bool kSplitGateGrads = false;
+  // h_state is only written (h_prev reaches the step through the GEMM).
+  static constexpr bool kReadsHiddenState = false;
   static constexpr const char* kName = "lstm";
 
   template <class V, class T, class IO>

@@ -14,6 +14,7 @@ struct RnnCell {
   static constexpr int kWorkspace = 1;
   static constexpr bool kHasCellState = false;
   static constexpr bool kSplitGateGrads = false;
+  static constexpr bool kReadsHiddenState = false;
   static constexpr const char* kName = kAct == Activation::kTanh ? "rnn_tanh" : "rnn_relu";
 
   template <class V, class T, class IO>

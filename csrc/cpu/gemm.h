@@ -12,13 +12,14 @@
 
 namespace fused_rnn::cpu {
 
-// float32 products of kMinOneDnnRows+ rows go to oneDNN's matmul on AMD CPUs
-// where it runs (mkldnn_matmul_usable: not on AVX2-only CPUs): on AMD EPYC (AVX-512) it
-// runs 2.2x faster than MKL's sgemm, which picks an AVX2 path on AMD. On Intel MKL is the
-// faster: measured on a Xeon (AVX-512, AMX, 2 threads), an RNNCell step at B = 64, H = 512
-// took 360/615 us forward/backward through oneDNN and 300/505 us through MKL, a T = 100 LSTM
-// forward+backward 302 and 282 ms. Products of a few rows by a transposed weight (x W^T, h W^T) are dot products of
-// contiguous rows (row_dot_gemm.h), where MKL's sgemv is slow on AMD and oneDNN is slow too; MKL keeps the rest.
+// float32 products of kMinOneDnnRows+ rows go to oneDNN's matmul on AMD CPUs where it runs
+// (mkldnn_matmul_usable: not on AVX2-only CPUs): on AMD EPYC (AVX-512) it runs 2.2x faster
+// than MKL's sgemm, which picks an AVX2 path on AMD. On Intel MKL is the faster: measured on a
+// Xeon (AVX-512, AMX, 2 threads), an RNNCell step at B = 64, H = 512 took 360/615 us
+// forward/backward through oneDNN and 300/505 us through MKL, a T = 100 LSTM forward+backward
+// 302 and 282 ms. Products of a few rows by a transposed weight (x W^T, h W^T) are dot
+// products of contiguous rows (row_dot_gemm.h), where MKL's sgemv is slow on AMD and oneDNN
+// is slow too; MKL keeps the rest.
 constexpr int64_t kMinOneDnnRows = 5;
 
 // Whether the CPU is Intel's (cpuid's vendor string); false off x86.
