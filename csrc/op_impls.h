@@ -19,26 +19,27 @@ struct OpImpls {
   // The schemas' result tuples, in the order their comments give.
   using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;  // output, h_n, c_n, workspace
   using Outputs = std::tuple<Tensor, Tensor, Tensor>;              // output, h_n, workspace
-  // grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr
-  using LstmGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  // grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr,
+  // grad_weight_ch
+  using LstmGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
   // grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
   using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
   static LstmOutputs lstm_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
                                   const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                  const OptTensor& w_hr, bool reverse, bool need_workspace) {
-    const LayerOutputs r = layer_forward<LstmCell, Device>(input, batch_sizes, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr},
-                                                           reverse, need_workspace);
+                                  const OptTensor& w_hr, const OptTensor& w_ch, bool reverse, bool need_workspace) {
+    const LayerOutputs r = layer_forward<LstmCell, Device>(
+        input, batch_sizes, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, reverse, need_workspace);
     return {r.output, r.h_n, r.c_n, r.workspace};
   }
 
   static LstmGrads lstm_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
                                  const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
                                  const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                 const OptTensor& w_hr, const Tensor& workspace, bool reverse) {
+                                 const OptTensor& w_hr, const OptTensor& w_ch, const Tensor& workspace, bool reverse) {
     const LayerGrads g = layer_backward<LstmCell, Device>(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0,
-                                                          {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace, reverse);
-    return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr};
+                                                          {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, workspace, reverse);
+    return lstm_grads(g);
   }
 
   static Outputs gru_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
@@ -78,20 +79,20 @@ struct OpImpls {
 
   static LstmStepOutputs lstm_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                                            const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                           const OptTensor& w_hr, bool need_workspace) {
-    const auto r = step_forward<LstmCell, Device>(input, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr}, need_workspace);
+                                           const OptTensor& w_hr, const OptTensor& w_ch, bool need_workspace) {
+    const auto r = step_forward<LstmCell, Device>(input, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, need_workspace);
     return {r.h_n, r.c_n, r.workspace};
   }
 
   static LstmGrads lstm_cell_backward(const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
                                       const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                                      const Tensor& workspace, std::array<bool, 8> output_mask) {
+                                      const OptTensor& w_ch, const Tensor& workspace, std::array<bool, 9> output_mask) {
     const auto& m = output_mask;
-    const GradMask mask{m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]};
+    const GradMask mask{m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]};
     const LayerGrads g = step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0,
-                                                         {w_ih, w_hh, b_ih, b_hh, w_hr}, workspace, mask);
-    return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr};
+                                                         {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, workspace, mask);
+    return lstm_grads(g);
   }
 
   static StepOutputs gru_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
@@ -123,6 +124,10 @@ struct OpImpls {
   }
 
  private:
+  static LstmGrads lstm_grads(const LayerGrads& g) {
+    return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr, g.weight_ch};
+  }
+
   static bool is_relu(c10::string_view nonlinearity) {
     TORCH_CHECK_VALUE(nonlinearity == "tanh" || nonlinearity == "relu", "Unknown nonlinearity '",
                       std::string(nonlinearity), "'. Select from 'tanh' or 'relu'.");
@@ -158,7 +163,7 @@ struct OpImpls {
   static Grads cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const LayerWeights& w,
                              const Tensor& workspace, std::array<bool, 6> output_mask) {
     const auto& m = output_mask;
-    const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false};
+    const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false, false};
     const LayerGrads g =
         step_backward<Cell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace, mask);
     return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};

@@ -12,14 +12,14 @@
 TORCH_LIBRARY(fused_rnn, m) {
   m.def(
       "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, "
-      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, bool reverse, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, bool reverse, "
       "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, Tensor? weight_hr, Tensor workspace, bool reverse) -> (Tensor grad_input, "
+      "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor workspace, bool reverse) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
-      "Tensor grad_bias_hh, Tensor grad_weight_hr)");
+      "Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_weight_ch)");
   m.def(
       "gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
       "Tensor? bias_ih, Tensor? bias_hh, bool reverse, bool need_workspace) -> (Tensor output, "
@@ -43,13 +43,14 @@ TORCH_LIBRARY(fused_rnn, m) {
   // GEMM-made gradients output_mask asks for; the others come back as empty tensors.
   m.def(
       "lstm_cell_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, Tensor? weight_hr, bool need_workspace) -> (Tensor h_n, Tensor c_n, Tensor workspace)");
+      "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, bool need_workspace) -> (Tensor h_n, Tensor c_n, "
+      "Tensor workspace)");
   m.def(
       "lstm_cell_backward(Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, "
-      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor workspace, bool[8] output_mask) "
-      "-> (Tensor grad_input, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor workspace, "
+      "bool[9] output_mask) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
-      "Tensor grad_bias_hh, Tensor grad_weight_hr)");
+      "Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_weight_ch)");
   m.def(
       "gru_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, bool need_workspace) -> (Tensor h_n, Tensor workspace)");

@@ -190,6 +190,11 @@ void check_weights(const char* op, int gates, bool has_cell_state, const Tensor&
     TORCH_CHECK(s->state == s->hidden, op, ": expected weight_hh of shape [", gh, ", ", s->hidden,
                 "] (no projection), but got ", w.w_hh.sizes());
   }
+  if (w.w_ch) {
+    TORCH_CHECK(has_cell_state, op, ": weight_ch (peephole) is only supported by lstm");
+    check_same(op, "weight_ch", *w.w_ch, input);
+    check_shape(op, "weight_ch", *w.w_ch, {3 * s->hidden}, "[3 * hidden_size] (hidden_size from weight_hh)");
+  }
 }
 
 // The rows of every step of packed input, in time order; sets s.steps and s.batch.

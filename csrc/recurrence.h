@@ -26,6 +26,7 @@ using OptTensor = std::optional<Tensor>;
 struct LayerWeights {
   Tensor w_ih, w_hh;
   OptTensor b_ih, b_hh, w_hr;
+  OptTensor w_ch;  // peephole LSTM: [3 * hidden] w_ci|w_cf|w_co (cells/lstm.h)
 };
 
 // One time step's rows: [offset, offset + rows) of the [N, ...] input/output matrices.
@@ -149,7 +150,7 @@ struct LayerOutputs {
 
 // What a layer's backward returns: the gradient of each argument, by the argument's name.
 struct LayerGrads {
-  Tensor input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
+  Tensor input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch;
 };
 
 // The tensors a layer's forward works on, and the pointer block of one step over them.
@@ -157,6 +158,7 @@ struct ForwardBuffers {
   Tensor x_gates;     // [N, G*H] all steps' x W_ih^T (scratch; biases are added by the pass)
   Tensor h_gates;     // [B, G*H] this step's h_prev W_hh^T
   Tensor b_ih, b_hh;  // contiguous, or undefined
+  Tensor w_ch;        // peephole LSTM: contiguous, or undefined
   Tensor output;      // [T, B, P] or [N, P]; out2d is its [N, P] view
   Tensor out2d;
   Tensor h_state;    // [B, P] h_prev in, h' out
@@ -185,6 +187,7 @@ struct ForwardBuffers {
     a.h_stride = GH;
     a.bias_ih = ptr<T>(b_ih);
     a.bias_hh = ptr<T>(b_hh);
+    a.peephole = ptr<T>(w_ch);
     a.c_state = ptr<T>(c_state);
     a.ws = need_workspace ? ptr<T>(ws) + st.offset * layout.width : nullptr;
     a.ws_stride = layout.width;
@@ -215,6 +218,7 @@ ForwardBuffers forward_buffers(const LayerSetup& l, const LayerWeights& w, const
   b.h_gates = new_buffer({l.s.batch, G * H}, opts);
   b.b_ih = contiguous_or_empty(w.b_ih);
   b.b_hh = contiguous_or_empty(w.b_hh);
+  b.w_ch = contiguous_or_empty(w.w_ch);
   std::vector<int64_t> out_shape = l.input.sizes().vec();
   out_shape.back() = P;
   b.output = new_buffer(out_shape, opts);
@@ -273,6 +277,7 @@ struct BackwardBuffers {
   Tensor dc_state;   // LSTM: [B, H]
   Tensor d_proj;     // projected LSTM: [N, P] dL/d(projected h) per row
   Tensor dh_buf;     // projected LSTM: [B, H] that times W_hr
+  Tensor w_ch;       // peephole LSTM: contiguous, or undefined
   int64_t hidden, state, gates;
   WorkspaceLayout layout;
   bool proj;
@@ -293,6 +298,7 @@ struct BackwardBuffers {
       a.grad_h_state_stride = P;
     }
     a.grad_c_state = ptr<T>(dc_state);
+    a.peephole = ptr<T>(w_ch);
     a.ws = ptr<T>(ws) + st.offset * layout.width;
     a.ws_stride = layout.width;
     a.h_prev = a.ws + layout.h_prev_col;
@@ -306,8 +312,8 @@ struct BackwardBuffers {
 
 // Checks what only backward takes (workspace, grad_output) and allocates its buffers.
 template <class Cell>
-BackwardBuffers backward_buffers(const LayerSetup& l, const Tensor& grad_output, const Tensor& grad_h_n,
-                                 const OptTensor& grad_c_n, const Tensor& ws) {
+BackwardBuffers backward_buffers(const LayerSetup& l, const LayerWeights& w, const Tensor& grad_output,
+                                 const Tensor& grad_h_n, const OptTensor& grad_c_n, const Tensor& ws) {
   const int64_t N = l.rows, H = l.s.hidden, P = l.s.state, G = Cell::kGates;
   TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == l.layout.width, Cell::kName,
               "_backward: workspace has shape ", ws.sizes(), " but [", N, ", ", l.layout.width,
@@ -339,6 +345,7 @@ BackwardBuffers backward_buffers(const LayerSetup& l, const Tensor& grad_output,
   b.dc_state = Cell::kHasCellState ? grad_c_n->contiguous().clone() : Tensor();
   b.d_proj = l.proj ? new_buffer({N, P}, opts) : Tensor();
   b.dh_buf = l.proj ? new_buffer({l.s.batch, H}, opts) : Tensor();
+  b.w_ch = contiguous_or_empty(w.w_ch);
   return b;
 }
 
@@ -350,6 +357,7 @@ struct GradSources {
   Tensor h_unprojected;         // projected LSTM: [N, H] h' before W_hr
   Tensor d_gates_x, d_gates_h;  // [N, G*H] dL/d(pre-activation), input and hidden path
   Tensor d_proj;                // projected LSTM: [N, P] dL/d(projected h')
+  Tensor cell_ws;               // peephole LSTM: [N, kWorkspace*H] the cell's workspace columns
 };
 
 // Which gradients a backward computes (the others come back as empty tensors): all of them
@@ -357,8 +365,22 @@ struct GradSources {
 // that needs no gradient, frozen weights), most of them a GEMM as large as the step's own.
 struct GradMask {
   bool input = true, h0 = true, c0 = true, weight_ih = true, weight_hh = true, bias_ih = true, bias_hh = true,
-       weight_hr = true;
+       weight_hr = true, weight_ch = true;
 };
+
+// A peephole LSTM's dL/d[w_ci|w_cf|w_co] [3H]: per weight, the sum over rows of a gate's
+// pre-activation gradient times the cell state it looks at (LstmCell::kPeepholeGrads). The
+// products and sums run in float32 for half types (fp32 accumulation, DESIGN §3).
+template <class Cell>
+Tensor peephole_grad(const Tensor& d_gates, const Tensor& cell_ws, int64_t hidden) {
+  const auto acc = at::isReducedFloatingType(d_gates.scalar_type()) ? at::kFloat : d_gates.scalar_type();
+  std::vector<Tensor> parts;
+  for (const auto& pg : Cell::kPeepholeGrads) {
+    const Tensor grad = d_gates.narrow(1, pg.gate * hidden, hidden).to(acc);
+    parts.push_back(at::mul(grad, cell_ws.narrow(1, pg.state * hidden, hidden).to(acc)).sum(0));
+  }
+  return at::cat(parts).to(d_gates.scalar_type());
+}
 
 // dx, the weight gradients (one GEMM each over all rows) and the bias sums; the state
 // gradients are the caller's.
@@ -379,6 +401,13 @@ LayerGrads weight_and_input_grads(const GradSources& s, const LayerWeights& w, a
       unless(w.b_hh.has_value() && mask.bias_hh, [&] { return same_sum ? g.bias_ih.clone() : s.d_gates_h.sum(0); });
   g.weight_hr =
       unless(w.w_hr.has_value() && mask.weight_hr, [&] { return matmul<Device>(s.d_proj.t(), s.h_unprojected); });
+  if constexpr (Cell::kHasCellState) {
+    const int64_t hidden = w.w_hh.size(0) / Cell::kGates;
+    g.weight_ch = unless(w.w_ch.has_value() && mask.weight_ch,
+                         [&] { return peephole_grad<Cell>(s.d_gates_x, s.cell_ws, hidden); });
+  } else {
+    g.weight_ch = at::empty({0}, opts);
+  }
   return g;
 }
 
@@ -392,6 +421,7 @@ LayerGrads gradients_after_loop(const LayerSetup& l, const LayerWeights& w, cons
   s.d_gates_x = b.d_gates_x;
   s.d_gates_h = b.d_gates_h;
   s.d_proj = b.d_proj;
+  s.cell_ws = b.ws.narrow(1, 0, l.layout.cell_cols);
   LayerGrads g = weight_and_input_grads<Cell, Device>(s, w, l.input.sizes());
   g.h0 = b.dh_state;
   g.c0 = Cell::kHasCellState ? b.dc_state : at::empty({0}, l.input.options());
@@ -404,7 +434,7 @@ LayerGrads layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, con
                           const LayerWeights& w, const Tensor& ws, bool reverse) {
   const OpScope scope(input);
   const LayerSetup l = setup_layer<Cell>(input, batch_sizes, h0, c0, w);
-  BackwardBuffers b = backward_buffers<Cell>(l, grad_output, grad_h_n, grad_c_n, ws);
+  BackwardBuffers b = backward_buffers<Cell>(l, w, grad_output, grad_h_n, grad_c_n, ws);
   const int64_t n_steps = static_cast<int64_t>(l.steps.size());
   const typename Device::StepWeight w_hh_step(w.w_hh, n_steps);
   std::optional<typename Device::StepWeight> w_hr_step;

@@ -39,6 +39,7 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
   const int64_t B = s.batch, H = s.hidden, GH = Cell::kGates * H;
   const bool proj = w.w_hr.has_value();
   const Tensor x = input.contiguous(), b_ih = contiguous_or_empty(w.b_ih), b_hh = contiguous_or_empty(w.b_hh);
+  const Tensor w_ch = contiguous_or_empty(w.w_ch);
   // The recurrent GEMM adds into the input's where the cell only sums the two paths.
   Tensor x_gates = new_buffer({B, GH}, opts);
   Tensor h_gates = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : x_gates;
@@ -63,6 +64,7 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
     a.h_stride = GH;
     a.bias_ih = ptr<T>(b_ih);
     a.bias_hh = ptr<T>(b_hh);
+    a.peephole = ptr<T>(w_ch);
     a.h_out = ptr<T>(h_new);
     a.h_out_stride = h_new.stride(0);
     a.h_state = proj ? nullptr : a.h_out;
@@ -117,6 +119,8 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
   // dL/dh' before the projection: through W_hr.
   const Tensor dh = proj ? matmul<Device>(src.d_proj, *w.w_hr) : src.d_proj;
   if (proj) src.h_unprojected = ws.narrow(1, Cell::kWorkspace * H, H);
+  src.cell_ws = ws.narrow(1, 0, Cell::kWorkspace * H);
+  const Tensor w_ch = contiguous_or_empty(w.w_ch);
   src.d_gates_x = new_buffer({B, GH}, opts);
   src.d_gates_h = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : src.d_gates_x;
   // GRU writes its direct path dh * z here (adding what it finds: nothing); dh_prev W_hh goes on top.
@@ -132,6 +136,7 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
     a.grad_h_state = ptr<T>(dh_prev);
     a.grad_h_state_stride = s.state;
     a.grad_c_state = ptr<T>(dc_prev);
+    a.peephole = ptr<T>(w_ch);
     a.ws = ptr<T>(ws);
     a.ws_stride = width;
     a.h_prev = ptr<T>(h_prev);

@@ -45,8 +45,10 @@ class _OpSpec:
             -> (grad_input, *grad_states0, *grad_weights)
     """
 
-    def __init__(self, cell, n_states, n_weights, n_extras, facts, step=False):
-        self.cell, self.n_states, self.n_weights, self.n_extras = cell, n_states, n_weights, n_extras
+    def __init__(self, cell, n_states, weight_names, n_extras, facts, step=False):
+        self.cell, self.n_states, self.n_extras = cell, n_states, n_extras
+        self.weight_names = weight_names  # as the schemas and fused_rnn.reference name them
+        n_weights = len(weight_names)
         self.step = step
         self.name = f"{cell}_cell" if step else cell
         # From the C++ cell (csrc/cells): the one place the gate count and workspace are written.
@@ -88,11 +90,14 @@ class _OpSpec:
         return _C.workspace_width(self.workspace_units, hidden, state, proj)
 
 
-_CELL_OPS = {  # cell: n_states, n_weights, n_extras, the C++ cell's facts
-    "lstm": (2, 5, 0, _C.cells["lstm"]),
-    "gru": (1, 4, 0, _C.cells["gru"]),
+_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# The weights of a cell variant (peephole): keyword-only in fused_rnn.functional and reference.
+VARIANT_WEIGHTS = ("weight_ch",)
+_CELL_OPS = {  # cell: n_states, weight names, n_extras, the C++ cell's facts
+    "lstm": (2, (*_WEIGHTS, "weight_hr", *VARIANT_WEIGHTS), 0, _C.cells["lstm"]),
+    "gru": (1, _WEIGHTS, 0, _C.cells["gru"]),
     # tanh and relu share the gate count and workspace (the C++ cells say so for each).
-    "rnn": (1, 4, 1, _C.cells["rnn_tanh"]),
+    "rnn": (1, _WEIGHTS, 1, _C.cells["rnn_tanh"]),
 }
 SPECS = {cell: _OpSpec(cell, *args) for cell, args in _CELL_OPS.items()}
 STEP_SPECS = {cell: _OpSpec(cell, *args, step=True) for cell, args in _CELL_OPS.items()}
@@ -106,12 +111,13 @@ def _reference_call(spec, tensors, extras, flags):
     states_n for a single step."""
     input, batch_sizes, states, weights = spec.parts(tensors)
     kwargs = {"nonlinearity": extras[0]} if spec.cell == "rnn" else {}
+    kwargs.update(zip(spec.weight_names, weights))
     state = tuple(states) if spec.cell == "lstm" else states[0]
     if spec.step:
-        out = _REFERENCE_CELLS[spec.cell](input, state, *weights, **kwargs)
+        out = _REFERENCE_CELLS[spec.cell](input, state, **kwargs)
         return out if spec.cell == "lstm" else (out,)
     layer = {"lstm": reference.lstm, "gru": reference.gru, "rnn": reference.rnn}[spec.cell]
-    out, state_n = layer(input, state, *weights, batch_sizes=batch_sizes, reverse=flags[0], **kwargs)
+    out, state_n = layer(input, state, batch_sizes=batch_sizes, reverse=flags[0], **kwargs)
     return (out, *state_n) if spec.cell == "lstm" else (out, state_n)
 
 

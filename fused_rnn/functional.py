@@ -116,19 +116,21 @@ def _call(op, need_workspace, *args):
 
 
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
-         batch_sizes=None, reverse=False):
-    """Returns ``(output, (h_n, c_n))``; with ``weight_hr`` [P, H] the output and h are projected."""
+         batch_sizes=None, reverse=False, *, weight_ch=None):
+    """Returns ``(output, (h_n, c_n))``; with ``weight_hr`` [P, H] the output and h are projected.
+    ``weight_ch`` [3H] = (w_ci, w_cf, w_co) makes it a peephole LSTM (fused_rnn.reference.lstm_cell)."""
     _check_types("lstm", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
-                 batch_sizes=batch_sizes)
+                 batch_sizes=batch_sizes, weight_ch=weight_ch)
     if hx is None:
         hx = (_zeros(input, batch_sizes, weight_hh, 1), _zeros(input, batch_sizes, weight_hh, 0, gates=4))
     if _one_step(input, batch_sizes):
-        h_n, c_n = lstm_cell(_step_input(input, batch_sizes), hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+        h_n, c_n = _lstm_step(_step_input(input, batch_sizes), hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                              weight_ch=weight_ch)
         return _step_output(h_n, batch_sizes), (h_n, c_n)
     h0, c0 = hx
-    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch)
     output, h_n, c_n, _ = _call(ops.lstm_forward, need, input, batch_sizes, h0, c0, weight_ih, weight_hh, bias_ih,
-                                bias_hh, weight_hr, reverse)
+                                bias_hh, weight_hr, weight_ch, reverse)
     return output, (h_n, c_n)
 
 
@@ -160,11 +162,12 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes
     return output, h_n
 
 
-def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
-    """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c')."""
+def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *, weight_ch=None):
+    """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c'); ``weight_ch``
+    as in ``lstm``."""
     _check_types("lstm_cell", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
-                 weight_hr=weight_hr)
-    return _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+                 weight_hr=weight_hr, weight_ch=weight_ch)
+    return _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch=weight_ch)
 
 
 def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
@@ -181,12 +184,13 @@ def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlin
 
 # The cells' steps after the type checks: what the modules' cells call, having checked more.
 
-def _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None):
+def _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None, *, weight_ch=None):
     if hx is None:
         hx = (_zeros(input, None, weight_hh, 1, step=True), _zeros(input, None, weight_hh, 0, gates=4, step=True))
     h0, c0 = hx
-    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    h, c, _ = _call(ops.lstm_cell_forward, need, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch)
+    h, c, _ = _call(ops.lstm_cell_forward, need, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                    weight_ch)
     return h, c
 
 

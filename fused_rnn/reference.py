@@ -19,16 +19,23 @@ __all__ = ["lstm_cell", "gru_cell", "rnn_cell", "lstm", "gru", "rnn"]
 # Cells: one time step.
 # ---------------------------------------------------------------------------------------------
 
-def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
+def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *, weight_ch=None):
     """One step. x [B, I], hx = (h [B, P or H], c [B, H]) or None (zeros) -> (h', c').
 
     h' is projected by weight_hr [P, H] when given: h' = (o * tanh(c')) @ weight_hr.T.
+    weight_ch [3H] = (w_ci, w_cf, w_co) makes it a peephole LSTM (Gers et al. 2002): the input
+    and forget gates see c, the output gate sees c'.
     """
     h, c = hx if hx is not None else (x.new_zeros(x.size(0), weight_hh.size(1)),
                                       x.new_zeros(x.size(0), weight_hh.size(0) // 4))
     gates = F.linear(x, weight_ih, bias_ih) + F.linear(h, weight_hh, bias_hh)
     i, f, g, o = gates.chunk(4, -1)
+    if weight_ch is not None:
+        w_ci, w_cf, w_co = weight_ch.chunk(3)
+        i, f = i + w_ci * c, f + w_cf * c
     c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    if weight_ch is not None:
+        o = o + w_co * c_next
     h_next = torch.sigmoid(o) * torch.tanh(c_next)
     if weight_hr is not None:
         h_next = F.linear(h_next, weight_hr)
@@ -108,8 +115,9 @@ def _zeros(input, batch_sizes, size):
 # ---------------------------------------------------------------------------------------------
 
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
-         batch_sizes=None, reverse=False):
+         batch_sizes=None, reverse=False, *, weight_ch=None):
     """input [T, B, I] or packed [N, I]; hx = (h0 [B, P or H], c0 [B, H]) or None (zeros).
+    weight_ch: the peephole weights (lstm_cell).
 
     Returns (output [T, B, P or H] or [N, P or H], (h_n [B, P or H], c_n [B, H])).
     """
@@ -118,7 +126,7 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=
               _zeros(input, batch_sizes, weight_hh.size(0) // 4))  # H
 
     def step(x, state):
-        return lstm_cell(x, state, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+        return lstm_cell(x, state, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch=weight_ch)
 
     output, (h_n, c_n) = _recurrence(step, input, tuple(hx), batch_sizes, reverse)
     return output, (h_n, c_n)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
-from fused_rnn import functional, reference
+from fused_rnn import _ops, functional, reference
 
 import op_cases
 from checks import TOLERANCE
@@ -337,9 +337,7 @@ def _bad_batch_sizes(bs, rng):
 def fuzz_ops_invalid(rng):
     case = random_op_case(rng)
     op = op_cases.OP[case.cell]
-    names = ["input", "h0"] + (["c0"] if op == "lstm" else []) + ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-    if case.cell == "lstm_proj":
-        names.append("weight_hr")
+    names = ["input", "h0"] + (["c0"] if op == "lstm" else []) + list(_ops.SPECS[op].weight_names)
     values = dict(zip(names, [case.input, *case.states, *case.weights]))
     choices = [n for n in names if values[n] is not None] + (["batch_sizes"] if case.batch_sizes is not None else [])
     arg = rng.choice(choices + ["hx"])
@@ -360,7 +358,8 @@ def fuzz_ops_invalid(rng):
     fn = getattr(functional, op)
     if op == "lstm":
         hx = values["hx"] if "hx" in values else (values["h0"], values["c0"])
-        call = lambda: fn(values["input"], hx, *weights, weight_hr=values.get("weight_hr"), **kwargs)  # noqa: E731
+        call = lambda: fn(values["input"], hx, *weights, weight_hr=values.get("weight_hr"),  # noqa: E731
+                          weight_ch=values.get("weight_ch"), **kwargs)
     else:
         hx = values["hx"] if "hx" in values else values["h0"]
         extra = {"nonlinearity": case.cell[4:]} if op == "rnn" else {}

@@ -11,15 +11,25 @@ from fused_rnn import _ops, functional, reference
 
 from checks import assert_close
 
-CELLS = ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"]
+CELLS = ["lstm", "lstm_proj", "lstm_peephole", "lstm_peephole_proj", "gru", "rnn_tanh", "rnn_relu"]
 # The op each cell runs through; its gate count comes from the C++ cell (_C.cells).
-OP = {"lstm": "lstm", "lstm_proj": "lstm", "gru": "gru", "rnn_tanh": "rnn", "rnn_relu": "rnn"}
+OP = {cell: cell.split("_")[0] for cell in CELLS}
 GATES = {cell: _ops.SPECS[op].gates for cell, op in OP.items()}
 LENGTHS = [5, 5, 3, 1]  # packed case: unequal lengths, with a tie
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 # Every cell x bias x padded/packed x forward/reverse, with its ids.
 GRID = list(itertools.product(CELLS, [True, False], [False, True], [False, True]))
+
+
+def projected(cell):
+    return cell.endswith("_proj")
+
+
+def peephole(cell):
+    return "_peephole" in cell
+
+
 GRID_IDS = [f"{c}-{'bias' if b else 'nobias'}-{'packed' if p else 'padded'}-{'rev' if r else 'fwd'}"
             for c, b, p, r in GRID]
 
@@ -30,7 +40,7 @@ class Case:
     input: torch.Tensor
     batch_sizes: Optional[torch.Tensor]
     states: list  # h0 (, c0)
-    weights: list  # w_ih, w_hh, b_ih, b_hh (, w_hr) — biases may be None
+    weights: list  # the op's: w_ih, w_hh, b_ih, b_hh (, w_hr, w_ch) — biases may be None
     reverse: bool
     step: bool = False  # one step of the cell: input [B, I], the single-step ops; states [] = hx omitted
 
@@ -53,6 +63,14 @@ class Case:
         return f"{OP[self.cell]}_forward", (self.input, self.batch_sizes, *self.states, *self.weights, *extras,
                                             self.reverse, need_workspace)
 
+    def weight_args(self):
+        """The weights as fused_rnn.functional and reference take them: (positional, keyword);
+        a variant's weights (weight_ch) are keyword-only."""
+        names = _ops.SPECS[OP[self.cell]].weight_names
+        named = dict(zip(names, self.weights))
+        variant = {n: named.pop(n) for n in _ops.VARIANT_WEIGHTS if n in named}
+        return list(named.values()), variant
+
     def run(self, module):
         """(output, *final_states) through `module` (fused_rnn.functional or reference); a
         step case: the states after the step, through the module's cell functions."""
@@ -60,7 +78,8 @@ class Case:
             return self._run_step(module)
         kw = dict(batch_sizes=self.batch_sizes, reverse=self.reverse)
         if self.cell.startswith("lstm"):
-            out, (h, c) = module.lstm(self.input, tuple(self.states), *self.weights, **kw)
+            weights, variant = self.weight_args()
+            out, (h, c) = module.lstm(self.input, tuple(self.states), *weights, **kw, **variant)
             return out, h, c
         if self.cell == "gru":
             return module.gru(self.input, self.states[0], *self.weights, **kw)
@@ -69,7 +88,8 @@ class Case:
     def _run_step(self, module):
         hx = None if not self.states else tuple(self.states) if self.cell.startswith("lstm") else self.states[0]
         if self.cell.startswith("lstm"):
-            return module.lstm_cell(self.input, hx, *self.weights)
+            weights, variant = self.weight_args()
+            return module.lstm_cell(self.input, hx, *weights, **variant)
         if self.cell == "gru":
             return (module.gru_cell(self.input, hx, *self.weights),)
         return (module.rnn_cell(self.input, hx, *self.weights, nonlinearity=self.cell[4:]),)
@@ -91,7 +111,7 @@ def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64,
         return t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
 
     gh = GATES[cell] * H
-    state = P if cell == "lstm_proj" else H
+    state = P if projected(cell) else H
     batch_sizes = None
     if packed:
         lengths = torch.tensor(LENGTHS[:B] + [1] * max(0, B - len(LENGTHS)))[:B]
@@ -106,7 +126,8 @@ def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64,
     states = states if hx else []
     weights = [rand(gh, I), rand(gh, state), rand(gh) if bias else None, rand(gh) if bias else None]
     if cell.startswith("lstm"):
-        weights.append(rand(P, H) if cell == "lstm_proj" else None)
+        weights.append(rand(P, H) if projected(cell) else None)
+        weights.append(rand(3 * H) if peephole(cell) else None)
     return Case(cell, x, batch_sizes, states, weights, reverse, step)
 
 

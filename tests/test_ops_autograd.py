@@ -37,7 +37,7 @@ def test_workspace_only_when_a_gradient_is_possible(device):
     assert torch.ops.fused_rnn.lstm_forward(*args)[-1].numel() == 0
     case = make_case("lstm", device=device)
     with torch.no_grad():
-        out, _ = functional.lstm(case.input, tuple(case.states), *case.weights)
+        out, _ = functional.lstm(case.input, tuple(case.states), *case.weight_args()[0])
     assert out.grad_fn is None
 
 

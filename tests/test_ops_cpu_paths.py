@@ -9,7 +9,7 @@ import fused_rnn
 from fused_rnn import _ops, functional
 
 from checks import assert_close
-from op_cases import CELLS, GATES, check_against_reference, compare, make_case
+from op_cases import CELLS, GATES, check_against_reference, compare, make_case, projected
 
 pytestmark = pytest.mark.usefixtures("poison_buffers")
 
@@ -39,7 +39,7 @@ def test_float32_every_step_gemm_path(cell, path):
 # its units, with barriers between. H = 184 is not a whole number of SIMD vectors (the last
 # thread's share is partial) and makes even RNN's step at B = 1 large enough to split. A
 # projected LSTM's steps are never split.
-SPLIT_CELLS = [cell for cell in CELLS if cell != "lstm_proj"]
+SPLIT_CELLS = [cell for cell in CELLS if not projected(cell)]
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_large_buffers_come_from_kept_blocks():
     backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
 
     def weight_grads():
-        grads = backward(*[torch.ones_like(o) for o in outs[:2]], *args[:-1], outs[-1], [True] * 8)
+        grads = backward(*[torch.ones_like(o) for o in outs[:2]], *args[:-1], outs[-1], [True] * 9)
         return grads[3], grads[4]
 
     fused_rnn.release_cpu_scratch()

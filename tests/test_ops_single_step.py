@@ -195,4 +195,4 @@ def test_step_ops_refuse_bad_arguments(what, change, message):
     h, c, ws = torch.ops.fused_rnn.lstm_cell_forward(*args)
     a = change({"x": case.input, "g": h, "ws": ws})
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.fused_rnn.lstm_cell_backward(a["g"], c, a["x"], *args[1:-1], a["ws"], [True] * 8)
+        torch.ops.fused_rnn.lstm_cell_backward(a["g"], c, a["x"], *args[1:-1], a["ws"], [True] * 9)

@@ -50,11 +50,12 @@ struct ForwardStep {
   const T* h_gates = nullptr;  // [rows, G*H] h_prev W_hh^T (this step's GEMM); null where a
                                //   cell that sums both paths has it added into x_gates
   int64_t h_stride = 0;
-  const T* bias_hh = nullptr;  // [G*H] or null
-  T* h_state = nullptr;        // [rows, H] recurrent state: GRU reads h_prev here; the step
-  int64_t h_state_stride = 0;  //   writes h' here (null for projected LSTM: driver copies)
-  T* c_state = nullptr;        // LSTM: [rows, H] c_prev in, c' out
-  T* h_out = nullptr;          // [rows, H] h' (the output rows, or the workspace's h column)
+  const T* bias_hh = nullptr;   // [G*H] or null
+  const T* peephole = nullptr;  // peephole LSTM: [3*H] w_ci|w_cf|w_co, else null
+  T* h_state = nullptr;         // [rows, H] recurrent state: GRU reads h_prev here; the step
+  int64_t h_state_stride = 0;   //   writes h' here (null for projected LSTM: driver copies)
+  T* c_state = nullptr;         // LSTM: [rows, H] c_prev in, c' out
+  T* h_out = nullptr;           // [rows, H] h' (the output rows, or the workspace's h column)
   int64_t h_out_stride = 0;
   T* ws = nullptr;  // [rows, Cell::kWorkspace*H] what backward needs, or null
   int64_t ws_stride = 0;
@@ -71,6 +72,7 @@ struct BackwardStep {
   T* grad_h_state = nullptr;        // [rows, H] dL/dh' from the next step, nullable; GRU
   int64_t grad_h_state_stride = 0;  // overwrites it with the direct path dL/dh_prev = dh*z
   T* grad_c_state = nullptr;        // LSTM: [rows, H] dL/dc' in, dL/dc_prev out
+  const T* peephole = nullptr;      // peephole LSTM: [3*H] w_ci|w_cf|w_co, else null
   const T* ws = nullptr;            // [rows, ...] saved by forward
   int64_t ws_stride = 0;
   const T* h_prev = nullptr;  // GRU: [rows, H] h_prev

@@ -1,7 +1,10 @@
-// LSTM cell, torch.nn gate order i|f|g|o:
-//   i = s(p_i)  f = s(p_f)  g = tanh(p_g)  o = s(p_o)   (p = W_ih x + b_ih + W_hh h + b_hh)
+// LSTM cell, torch.nn gate order i|f|g|o (p = W_ih x + b_ih + W_hh h + b_hh):
+//   i = s(p_i)  f = s(p_f)  g = tanh(p_g)  o = s(p_o)
 //   c' = f * c + i * g      h' = o * tanh(c')
-// The only place these equations are written. Projection (h' W_hr^T) is a GEMM in the driver.
+// Peephole LSTM (Gers et al. 2002), with the weights w_ci|w_cf|w_co of ForwardStep::peephole:
+//   i = s(p_i + w_ci * c)   f = s(p_f + w_cf * c)   o = s(p_o + w_co * c')
+// The only place these equations are written. Projection (h' W_hr^T) is a GEMM in the driver,
+// the peephole weights' gradients are sums over rows in the driver (kPeepholeGrads).
 #pragma once
 #include "common.h"
 
@@ -17,6 +20,13 @@ struct LstmCell {
   // h_state is only written (h_prev reaches the step through the GEMM).
   static constexpr bool kReadsHiddenState = false;
   static constexpr const char* kName = "lstm";
+  // dL/dw_ci, dL/dw_cf, dL/dw_co: the sum over rows of the gate's pre-activation gradient
+  // (column block `gate` of d_gates) times the cell state it looks at (workspace column block
+  // `state`: c_prev for i and f, c' for o).
+  struct PeepholeGrad {
+    int gate, state;
+  };
+  static constexpr PeepholeGrad kPeepholeGrads[3] = {{0, 4}, {1, 4}, {3, 5}};
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
@@ -24,10 +34,16 @@ struct LstmCell {
     const int64_t H = a.hidden;
     V p[4];
     for (int k = 0; k < 4; ++k) p[k] = summed_preactivation<V>(a, b, k * H + j, io);
-    const V i = M::sigmoid(p[0]), f = M::sigmoid(p[1]), g = M::tanh(p[2]), o = M::sigmoid(p[3]);
     T* c_ptr = a.c_state + b * H + j;
     const V c_prev = io.load(c_ptr);
+    if (a.peephole) {
+      p[0] = p[0] + io.load(a.peephole + j) * c_prev;
+      p[1] = p[1] + io.load(a.peephole + H + j) * c_prev;
+    }
+    const V i = M::sigmoid(p[0]), f = M::sigmoid(p[1]), g = M::tanh(p[2]);
     const V c = f * c_prev + i * g;
+    if (a.peephole) p[3] = p[3] + io.load(a.peephole + 2 * H + j) * c;
+    const V o = M::sigmoid(p[3]);
     const V h = o * M::tanh(c);
     io.store(c_ptr, c);
     io.store(a.h_out + b * a.h_out_stride + j, h);
@@ -55,13 +71,18 @@ struct LstmCell {
     const V c_prev = io.load(w + 4 * H), c = io.load(w + 5 * H);
     T* dc_ptr = a.grad_c_state + b * H + j;
     const V tc = M::tanh(c);
-    const V dc = io.load(dc_ptr) + dh * o * (one - tc * tc);
+    const V d_o = dh * tc * o * (one - o);
+    V dc = io.load(dc_ptr) + dh * o * (one - tc * tc);
+    if (a.peephole) dc = dc + d_o * io.load(a.peephole + 2 * H + j);  // o looks at c'
+    const V d_i = dc * g * i * (one - i), d_f = dc * c_prev * f * (one - f);
     T* d = a.d_gates_x + b * a.d_gates_stride + j;
-    io.store(d, dc * g * i * (one - i));
-    io.store(d + H, dc * c_prev * f * (one - f));
+    io.store(d, d_i);
+    io.store(d + H, d_f);
     io.store(d + 2 * H, dc * i * (one - g * g));
-    io.store(d + 3 * H, dh * tc * o * (one - o));
-    io.store(dc_ptr, dc * f);
+    io.store(d + 3 * H, d_o);
+    V dc_prev = dc * f;
+    if (a.peephole) dc_prev = dc_prev + d_i * io.load(a.peephole + j) + d_f * io.load(a.peephole + H + j);
+    io.store(dc_ptr, dc_prev);
   }
 };
 

@@ -121,14 +121,15 @@ bool vector_aligned(int64_t hidden, std::initializer_list<const void*> pointers,
 template <class T>
 bool vector_aligned(const ForwardStep<T>& a) {
   return vector_aligned<T>(
-      a.hidden, {a.x_gates, a.bias_ih, a.h_gates, a.bias_hh, a.h_state, a.c_state, a.h_out, a.ws, a.h_prev_save},
+      a.hidden,
+      {a.x_gates, a.bias_ih, a.h_gates, a.bias_hh, a.peephole, a.h_state, a.c_state, a.h_out, a.ws, a.h_prev_save},
       {a.x_stride, a.h_stride, a.h_state_stride, a.h_out_stride, a.ws_stride});
 }
 template <class T>
 bool vector_aligned(const BackwardStep<T>& a) {
-  return vector_aligned<T>(a.hidden,
-                           {a.grad_h, a.grad_h_state, a.grad_c_state, a.ws, a.h_prev, a.d_gates_x, a.d_gates_h},
-                           {a.grad_h_stride, a.grad_h_state_stride, a.ws_stride, a.h_prev_stride, a.d_gates_stride});
+  return vector_aligned<T>(
+      a.hidden, {a.grad_h, a.grad_h_state, a.grad_c_state, a.peephole, a.ws, a.h_prev, a.d_gates_x, a.d_gates_h},
+      {a.grad_h_stride, a.grad_h_state_stride, a.ws_stride, a.h_prev_stride, a.d_gates_stride});
 }
 
 constexpr unsigned kThreads = 256;      // threads per block
