@@ -9,6 +9,9 @@ conversion only changes each module's class: the very same Parameter objects (an
 built before the conversion keeps working), buffers, device, dtype, training mode, hooks and
 state_dict keys stay as they are.
 
+A cell variant torch.nn does not have (``peephole=True``) has no torch.nn counterpart:
+``to_torch`` refuses a model that holds one, before converting anything.
+
 Only modules of exactly these classes are converted. A user's own subclass of ``nn.LSTM``
 may have its own ``forward`` and is left alone. A module with parametrized weights
 (``torch.nn.utils.parametrize``, e.g. ``parametrizations.weight_norm``) has a class that
@@ -61,9 +64,20 @@ def _target_class(module, mapping):
     return None
 
 
+def _refuse_variants(model):
+    for name, module in model.named_modules():
+        if isinstance(module, (_fused.LSTM, _fused.LSTMCell)) and module.peephole:
+            where = f"model.{name}" if name else "model"
+            raise ValueError(
+                f"to_torch: {where} is a {type(module).__name__} with peephole=True; torch.nn has no peephole "
+                "LSTM, so converting it would drop its weight_ch parameters and change what it computes")
+
+
 def _convert(model, mapping):
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if mapping is _FUSED_TO_TORCH:
+        _refuse_variants(model)
     for module in model.modules():
         new_cls = _target_class(module, mapping)
         if new_cls is not None:

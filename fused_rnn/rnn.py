@@ -15,7 +15,15 @@ the fused ops below do not run those kernels. Then layers x directions are compo
 dropout between layers exactly where torch.nn puts it: ``torch.nn.functional.dropout`` on the
 concatenated output of every layer but the last, in training mode, when ``dropout != 0``.
 On CPU this draws the very same masks as torch.nn for the same seed.
+
+Beyond torch.nn, ``LSTM(..., *, peephole=True)`` and ``LSTMCell(..., *, peephole=True)`` are
+peephole LSTMs (Gers et al. 2002; equations in fused_rnn.reference.lstm_cell): each layer and
+direction gets ``weight_ch_l{k}[_reverse]`` [3 * hidden_size] = (w_ci, w_cf, w_co) (the cell
+``weight_ch``), registered after torch.nn's parameters and drawn like them, uniform in
++-1/sqrt(hidden_size), after them. Off by default, so every torch.nn call is unchanged.
 """
+import math
+
 import torch
 import torch.nn.functional as torch_F
 from torch import nn
@@ -33,6 +41,8 @@ __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
 class _FusedRNNMixin:
     """forward() for the three RNNBase subclasses below; everything else is torch.nn's."""
+
+    peephole = False  # set by LSTM(peephole=True); also so for a torch.nn module converted by to_fused
 
     def _current_weights(self):
         # torch.nn's own refresh: re-reads every weight by name when one has been replaced
@@ -122,6 +132,13 @@ class _FusedRNNMixin:
         if hx is not None:
             self.check_forward_args(input, hx, batch_sizes)
 
+    def _variant_weights(self, index):
+        """Layer-and-direction `index`'s weights of a cell variant, as the functional op's keywords."""
+        if not self.peephole:
+            return {}
+        layer, direction = divmod(index, 2 if self.bidirectional else 1)
+        return {"weight_ch": getattr(self, _variant_name("weight_ch", layer, direction))}
+
     def _per_direction(self, weights):
         """How many of the flat weights each layer and direction has."""
         return len(weights) // (self.num_layers * (2 if self.bidirectional else 1))
@@ -142,7 +159,7 @@ class _FusedRNNMixin:
                 out, state_n = layer_op(
                     layer_input, _layer_state(hx, index),
                     *self._layer_weights(weights[index * per_direction:(index + 1) * per_direction]),
-                    batch_sizes=batch_sizes, reverse=direction == 1, **op_kwargs,
+                    batch_sizes=batch_sizes, reverse=direction == 1, **op_kwargs, **self._variant_weights(index),
                 )
                 outputs.append(out)
                 states_n.append(state_n)
@@ -226,8 +243,42 @@ _LAYER_OPS = {
 _REFERENCE_STEPS = {functional.lstm: reference.lstm_cell, functional.gru: reference.gru_cell,
                     functional.rnn: reference.rnn_cell}
 
+def _variant_name(name, layer, direction):
+    """torch.nn's naming of a per-layer parameter: weight_ch_l1, weight_ch_l1_reverse."""
+    return f"{name}_l{layer}{'_reverse' if direction == 1 else ''}"
+
+
+def _check_flag(module, name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{module}: {name} should be a bool, but got {type(value).__name__}")
+    return value
+
+
+def _peephole_parameter(hidden_size, factory_kwargs):
+    """A peephole weight [3 * hidden_size], drawn as torch.nn draws the other weights."""
+    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
+    return nn.Parameter(torch.empty(3 * hidden_size, **factory_kwargs).uniform_(-bound, bound))
+
+
+def _factory_kwargs(module):
+    weight = module.weight_hh_l0 if isinstance(module, nn.RNNBase) else module.weight_hh
+    return {"device": weight.device, "dtype": weight.dtype}
+
+
 class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
+    def __init__(self, *args, peephole=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.peephole = _check_flag("LSTM", "peephole", peephole)
+        if self.peephole:
+            factory_kwargs = _factory_kwargs(self)
+            for layer in range(self.num_layers):
+                for direction in range(2 if self.bidirectional else 1):
+                    self.register_parameter(_variant_name("weight_ch", layer, direction),
+                                            _peephole_parameter(self.hidden_size, factory_kwargs))
+
+    def extra_repr(self):
+        return super().extra_repr() + (", peephole=True" if self.peephole else "")
 
 
 class GRU(_FusedRNNMixin, nn.GRU):
@@ -251,6 +302,8 @@ class _FusedCellMixin:
     order, then one step of the cell (the single-step op). States are handled as a tuple
     throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell."""
 
+    peephole = False  # set by LSTMCell(peephole=True); also so for a torch.nn cell converted by to_fused
+
     def forward(self, input, hx=None):
         result = self._common_call(input, hx)
         return result if result is not None else self._checked_call(input, hx)
@@ -267,21 +320,26 @@ class _FusedCellMixin:
         if _autocast.autocast_dtype(input.device) is not None:
             return None
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        op_kwargs = self._variant_weights()
         if hx is None:  # torch.nn's zero states have hidden_size columns: a replaced weight_hh must agree
             if not isinstance(weights[1], torch.Tensor) or weights[1].dim() != 2 or \
                     weights[1].size(1) != self.hidden_size:
                 return None
         elif not self._states_of_rank_2(hx):
             return None
-        layer_op, op_kwargs = _LAYER_OPS.get(self._mode, (None, None))
+        layer_op, mode_kwargs = _LAYER_OPS.get(self._mode, (None, None))
         if layer_op is None:  # an RNNCell nonlinearity torch.nn refuses
             return None
         try:
-            return functional.STEPS[layer_op](input, hx, *weights, **op_kwargs)
+            return functional.STEPS[layer_op](input, hx, *weights, **mode_kwargs, **op_kwargs)
         except (RuntimeError, TypeError, ValueError):  # the op's argument checks and schema
             # Only these: other exceptions unwind on purpose (non-reentrant checkpoint stops a
             # recomputation with one) and must pass through.
             return None
+
+    def _variant_weights(self):
+        """The cell variant's weights, as the functional op's keywords."""
+        return {"weight_ch": self.weight_ch} if self.peephole else {}
 
     def _states_of_rank_2(self, hx):
         states = (hx,) if self._n_states == 1 else hx
@@ -348,6 +406,7 @@ class _FusedCellMixin:
         with no hidden units (the op needs one), or an LSTM cell state that torch.nn's
         forget_gate * c promotes to a wider dtype than the weights' (the op runs in one dtype)."""
         layer_op, op_kwargs = _LAYER_OPS[self._mode]
+        op_kwargs = {**op_kwargs, **self._variant_weights()}
         wide_c = False
         if states is not None and self._n_states == 2:
             c = checks.cell_state_as_weights(states[1], weights[1])
@@ -379,3 +438,11 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     __doc__ = nn.LSTMCell.__doc__
     _kind, _mode, _n_states = "LSTMCell", "LSTM", 2
     _shape_checks = (checks.check_cell_input, checks.check_cell_weights, checks.check_cell_hidden)
+    def __init__(self, *args, peephole=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.peephole = _check_flag("LSTMCell", "peephole", peephole)
+        if self.peephole:
+            self.weight_ch = _peephole_parameter(self.hidden_size, _factory_kwargs(self))
+
+    def extra_repr(self):
+        return super().extra_repr() + (", peephole=True" if self.peephole else "")
