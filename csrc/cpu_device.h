@@ -42,6 +42,18 @@ struct CpuDevice {
     cpu::run_step<Cell, T>(a, Units::whole(a.hidden));
   }
 
+  template <class T>
+  static void normalize_rows(T* v, int64_t rows, int64_t width, int64_t stride, const T* gamma, T* v_hat, T* rstd,
+                             int64_t hat_stride) {
+    cpu::normalize_rows(v, rows, width, stride, gamma, v_hat, rstd, hat_stride);
+  }
+
+  template <class T>
+  static void normalize_rows_backward(T* d, int64_t rows, int64_t width, int64_t stride, const T* gamma, const T* v_hat,
+                                      const T* rstd, int64_t hat_stride) {
+    cpu::normalize_rows_backward(d, rows, width, stride, gamma, v_hat, rstd, hat_stride);
+  }
+
   template <class Cell, class T>
   static void single_step(const ForwardStep<T>& a, const at::Tensor& x, const at::Tensor& w_ih_t, const at::Tensor& h,
                           const at::Tensor& w_hh_t, at::Tensor& x_gates, at::Tensor& h_gates, bool accumulate) {

@@ -106,6 +106,26 @@ struct CudaDevice {
     using U = typename CudaScalar<T>::type;
     C10_CUDA_CHECK((launch_backward_step<Cell, U>(as_cuda_step(a), c10::cuda::getCurrentCUDAStream().stream())));
   }
+
+  // Layer normalization of whole matrices: a warp per row (cuda/pointwise.cu).
+  template <class T>
+  static void normalize_rows(T* v, int64_t rows, int64_t width, int64_t stride, const T* gamma, T* v_hat, T* rstd,
+                             int64_t hat_stride) {
+    using U = typename CudaScalar<T>::type;
+    C10_CUDA_CHECK(launch_normalize_rows<U>(
+        reinterpret_cast<U*>(v), rows, width, stride, reinterpret_cast<const U*>(gamma), reinterpret_cast<U*>(v_hat),
+        reinterpret_cast<U*>(rstd), hat_stride, c10::cuda::getCurrentCUDAStream().stream()));
+  }
+
+  template <class T>
+  static void normalize_rows_backward(T* d, int64_t rows, int64_t width, int64_t stride, const T* gamma, const T* v_hat,
+                                      const T* rstd, int64_t hat_stride) {
+    using U = typename CudaScalar<T>::type;
+    C10_CUDA_CHECK(launch_normalize_rows_backward<U>(
+        reinterpret_cast<U*>(d), rows, width, stride, reinterpret_cast<const U*>(gamma),
+        reinterpret_cast<const U*>(v_hat), reinterpret_cast<const U*>(rstd), hat_stride,
+        c10::cuda::getCurrentCUDAStream().stream()));
+  }
 };
 
 }  // namespace fused_rnn

@@ -36,7 +36,16 @@
 //       (accumulate: into x_gates itself), then forward_step's pass; the CPU runs a step of a
 //       few rows in one parallel region (cpu/small_step.h).
 //       One fused pointwise pass of a step over [a.rows, a.hidden] (the units of `units` when
-//       split): the cell math of csrc/cells applied to every element (step_element).
+//       split): the cell math of csrc/cells applied to every element (step_element). A
+//       layer-normalized step (a.norm.gamma_hh set) runs row by row (cells/layer_norm.h's
+//       step_row), never split.
+//
+//   template <class T> static void normalize_rows(T* v, int64_t rows, int64_t width, int64_t stride,
+//       const T* gamma, T* v_hat, T* rstd, int64_t hat_stride);
+//   template <class T> static void normalize_rows_backward(T* d, int64_t rows, int64_t width,
+//       int64_t stride, const T* gamma, const T* v_hat, const T* rstd, int64_t hat_stride);
+//       The layer normalization of every row of a matrix in place (a layer-normalized cell's
+//       input path, all steps at once), keeping v̂ and 1/σ where set; and its gradient in place.
 //
 // Plain C++ below (no torch), so the CUDA kernels' headers may include it.
 #pragma once

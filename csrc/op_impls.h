@@ -20,45 +20,57 @@ struct OpImpls {
   using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;  // output, h_n, c_n, workspace
   using Outputs = std::tuple<Tensor, Tensor, Tensor>;              // output, h_n, workspace
   // grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr,
-  // grad_weight_ch
-  using LstmGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  // grad_weight_ch, grad_ln_weight_ih, grad_ln_weight_hh, grad_ln_weight_c, grad_ln_bias_c
+  using LstmGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                               Tensor, Tensor>;
+  // grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_ln_weight_ih,
+  // grad_ln_weight_hh
+  using GruGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
   // grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
   using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
   static LstmOutputs lstm_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
                                   const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                  const OptTensor& w_hr, const OptTensor& w_ch, bool reverse, bool need_workspace) {
-    const LayerOutputs r = layer_forward<LstmCell, Device>(
-        input, batch_sizes, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, reverse, need_workspace);
+                                  const OptTensor& w_hr, const OptTensor& w_ch, const OptTensor& ln_ih,
+                                  const OptTensor& ln_hh, const OptTensor& ln_c, const OptTensor& ln_bias_c,
+                                  bool reverse, bool need_workspace) {
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
+    const LayerOutputs r = layer_forward<LstmCell, Device>(input, batch_sizes, h0, c0, w, reverse, need_workspace);
     return {r.output, r.h_n, r.c_n, r.workspace};
   }
 
   static LstmGrads lstm_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
                                  const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
                                  const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                 const OptTensor& w_hr, const OptTensor& w_ch, const Tensor& workspace, bool reverse) {
-    const LayerGrads g = layer_backward<LstmCell, Device>(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0,
-                                                          {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, workspace, reverse);
-    return lstm_grads(g);
+                                 const OptTensor& w_hr, const OptTensor& w_ch, const OptTensor& ln_ih,
+                                 const OptTensor& ln_hh, const OptTensor& ln_c, const OptTensor& ln_bias_c,
+                                 const Tensor& workspace, bool reverse) {
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
+    return lstm_grads(layer_backward<LstmCell, Device>(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w,
+                                                       workspace, reverse));
   }
 
   static Outputs gru_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
-                             const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
-                             bool need_workspace) {
-    return forward<GruCell>(input, batch_sizes, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, reverse, need_workspace);
+                             const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& ln_ih,
+                             const OptTensor& ln_hh, bool reverse, bool need_workspace) {
+    return forward<GruCell>(input, batch_sizes, h0, gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), reverse,
+                            need_workspace);
   }
 
-  static Grads gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-                            const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-                            const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& workspace, bool reverse) {
-    return backward<GruCell>(grad_output, grad_h_n, input, batch_sizes, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt},
-                             workspace, reverse);
+  static GruGrads gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                               const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                               const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& ln_ih,
+                               const OptTensor& ln_hh, const Tensor& workspace, bool reverse) {
+    const LayerGrads g =
+        layer_backward<GruCell, Device>(grad_output, grad_h_n, std::nullopt, input, batch_sizes, h0, std::nullopt,
+                                        gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), workspace, reverse);
+    return gru_grads(g);
   }
 
   static Outputs rnn_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
                              const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                              c10::string_view nonlinearity, bool reverse, bool need_workspace) {
-    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
     return is_relu(nonlinearity) ? forward<RnnReluCell>(input, batch_sizes, h0, w, reverse, need_workspace)
                                  : forward<RnnTanhCell>(input, batch_sizes, h0, w, reverse, need_workspace);
   }
@@ -67,10 +79,10 @@ struct OpImpls {
                             const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                             const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity,
                             const Tensor& workspace, bool reverse) {
-    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
     return is_relu(nonlinearity)
-               ? backward<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse)
-               : backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse);
+               ? one_state_backward<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse)
+               : one_state_backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse);
   }
 
   // Single steps: the states after the step (and the workspace); the gradients as above.
@@ -79,37 +91,47 @@ struct OpImpls {
 
   static LstmStepOutputs lstm_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                                            const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                           const OptTensor& w_hr, const OptTensor& w_ch, bool need_workspace) {
-    const auto r = step_forward<LstmCell, Device>(input, h0, c0, {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, need_workspace);
+                                           const OptTensor& w_hr, const OptTensor& w_ch, const OptTensor& ln_ih,
+                                           const OptTensor& ln_hh, const OptTensor& ln_c, const OptTensor& ln_bias_c,
+                                           bool need_workspace) {
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
+    const auto r = step_forward<LstmCell, Device>(input, h0, c0, w, need_workspace);
     return {r.h_n, r.c_n, r.workspace};
   }
 
   static LstmGrads lstm_cell_backward(const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
                                       const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                                      const OptTensor& w_ch, const Tensor& workspace, std::array<bool, 9> output_mask) {
+                                      const OptTensor& w_ch, const OptTensor& ln_ih, const OptTensor& ln_hh,
+                                      const OptTensor& ln_c, const OptTensor& ln_bias_c, const Tensor& workspace,
+                                      std::array<bool, 13> output_mask) {
     const auto& m = output_mask;
-    const GradMask mask{m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]};
-    const LayerGrads g = step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0,
-                                                         {w_ih, w_hh, b_ih, b_hh, w_hr, w_ch}, workspace, mask);
-    return lstm_grads(g);
+    const GradMask mask{m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12]};
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
+    return lstm_grads(step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0, w, workspace, mask));
   }
 
   static StepOutputs gru_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-                                      const OptTensor& b_ih, const OptTensor& b_hh, bool need_workspace) {
-    return cell_forward<GruCell>(input, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, need_workspace);
+                                      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& ln_ih,
+                                      const OptTensor& ln_hh, bool need_workspace) {
+    return cell_forward<GruCell>(input, h0, gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), need_workspace);
   }
 
-  static Grads gru_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
-                                 const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                 const Tensor& workspace, std::array<bool, 6> output_mask) {
-    return cell_backward<GruCell>(grad_h_n, input, h0, {w_ih, w_hh, b_ih, b_hh, std::nullopt}, workspace, output_mask);
+  static GruGrads gru_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
+                                    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                    const OptTensor& ln_ih, const OptTensor& ln_hh, const Tensor& workspace,
+                                    std::array<bool, 8> output_mask) {
+    const auto& m = output_mask;
+    const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false, false, m[6], m[7], false, false};
+    return gru_grads(step_backward<GruCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt,
+                                                    gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), workspace,
+                                                    mask));
   }
 
   static StepOutputs rnn_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                       const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity,
                                       bool need_workspace) {
-    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
     return is_relu(nonlinearity) ? cell_forward<RnnReluCell>(input, h0, w, need_workspace)
                                  : cell_forward<RnnTanhCell>(input, h0, w, need_workspace);
   }
@@ -118,14 +140,29 @@ struct OpImpls {
                                  const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                  c10::string_view nonlinearity, const Tensor& workspace,
                                  std::array<bool, 6> output_mask) {
-    const LayerWeights w{w_ih, w_hh, b_ih, b_hh, std::nullopt};
-    return is_relu(nonlinearity) ? cell_backward<RnnReluCell>(grad_h_n, input, h0, w, workspace, output_mask)
-                                 : cell_backward<RnnTanhCell>(grad_h_n, input, h0, w, workspace, output_mask);
+    const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
+    const auto& m = output_mask;
+    const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false, false, false, false, false, false};
+    const LayerGrads g =
+        is_relu(nonlinearity)
+            ? step_backward<RnnReluCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace, mask)
+            : step_backward<RnnTanhCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace, mask);
+    return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
   }
 
  private:
+  static LayerWeights gru_weights(const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                  const OptTensor& ln_ih, const OptTensor& ln_hh) {
+    return {w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt, ln_ih, ln_hh, std::nullopt, std::nullopt};
+  }
+
   static LstmGrads lstm_grads(const LayerGrads& g) {
-    return {g.input, g.h0, g.c0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.weight_hr, g.weight_ch};
+    return {g.input,     g.h0,        g.c0,           g.weight_ih,    g.weight_hh,   g.bias_ih,  g.bias_hh,
+            g.weight_hr, g.weight_ch, g.ln_weight_ih, g.ln_weight_hh, g.ln_weight_c, g.ln_bias_c};
+  }
+
+  static GruGrads gru_grads(const LayerGrads& g) {
+    return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh, g.ln_weight_ih, g.ln_weight_hh};
   }
 
   static bool is_relu(c10::string_view nonlinearity) {
@@ -134,7 +171,7 @@ struct OpImpls {
     return nonlinearity == "relu";
   }
 
-  // The cells with one state (GRU, RNN): no c0 in, no c_n / grad_c0 / grad_weight_hr out.
+  // The cells with one state (GRU, RNN): no c0 in, no c_n out.
   template <class Cell>
   static Outputs forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const LayerWeights& w,
                          bool reverse, bool need_workspace) {
@@ -144,9 +181,9 @@ struct OpImpls {
   }
 
   template <class Cell>
-  static Grads backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-                        const OptTensor& batch_sizes, const Tensor& h0, const LayerWeights& w, const Tensor& workspace,
-                        bool reverse) {
+  static Grads one_state_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                                  const OptTensor& batch_sizes, const Tensor& h0, const LayerWeights& w,
+                                  const Tensor& workspace, bool reverse) {
     const LayerGrads g = layer_backward<Cell, Device>(grad_output, grad_h_n, std::nullopt, input, batch_sizes, h0,
                                                       std::nullopt, w, workspace, reverse);
     return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
@@ -156,17 +193,6 @@ struct OpImpls {
   static StepOutputs cell_forward(const Tensor& input, const Tensor& h0, const LayerWeights& w, bool need_workspace) {
     const auto r = step_forward<Cell, Device>(input, h0, std::nullopt, w, need_workspace);
     return {r.h_n, r.workspace};
-  }
-
-  // output_mask: the gradients to compute, in the order they are returned.
-  template <class Cell>
-  static Grads cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const LayerWeights& w,
-                             const Tensor& workspace, std::array<bool, 6> output_mask) {
-    const auto& m = output_mask;
-    const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false, false};
-    const LayerGrads g =
-        step_backward<Cell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace, mask);
-    return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
   }
 };
 

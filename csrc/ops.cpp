@@ -10,25 +10,32 @@
 #include "step_autograd.h"
 
 TORCH_LIBRARY(fused_rnn, m) {
+  // The weights after torch.nn's own are those of the cell variants, None for a plain cell:
+  // weight_ch (peephole LSTM, [3H]); ln_weight_ih, ln_weight_hh ([G*H]) and for the LSTM
+  // ln_weight_c, ln_bias_c ([H]) (layer-normalized cells, given all or none).
   m.def(
       "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, "
-      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, bool reverse, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, "
+      "Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? ln_weight_c, Tensor? ln_bias_c, bool reverse, "
       "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor workspace, bool reverse) -> (Tensor grad_input, "
+      "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor? ln_weight_ih, Tensor? ln_weight_hh, "
+      "Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor workspace, bool reverse) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
-      "Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_weight_ch)");
+      "Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_weight_ch, Tensor grad_ln_weight_ih, "
+      "Tensor grad_ln_weight_hh, Tensor grad_ln_weight_c, Tensor grad_ln_bias_c)");
   m.def(
       "gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, bool need_workspace) -> (Tensor output, "
-      "Tensor h_n, Tensor workspace)");
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, bool reverse, "
+      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
-      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor workspace, "
-      "bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
-      "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, "
+      "Tensor? ln_weight_hh, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh, "
+      "Tensor grad_ln_weight_ih, Tensor grad_ln_weight_hh)");
   m.def(
       "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
       "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, bool reverse, bool need_workspace) -> "
@@ -40,25 +47,28 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
   // One step of a cell (single_step.h): input [B, I], the states before the step, the same
   // weights; the states after it, and the workspace when need_workspace. Backward computes the
-  // GEMM-made gradients output_mask asks for; the others come back as empty tensors.
+  // gradients output_mask asks for; the others come back as empty tensors.
   m.def(
       "lstm_cell_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, bool need_workspace) -> (Tensor h_n, Tensor c_n, "
-      "Tensor workspace)");
+      "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor? ln_weight_ih, Tensor? ln_weight_hh, "
+      "Tensor? ln_weight_c, Tensor? ln_bias_c, bool need_workspace) -> (Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_cell_backward(Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, "
-      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor workspace, "
-      "bool[9] output_mask) -> (Tensor grad_input, "
-      "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
-      "Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_weight_ch)");
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, "
+      "Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor workspace, "
+      "bool[13] output_mask) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, "
+      "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_hr, "
+      "Tensor grad_weight_ch, Tensor grad_ln_weight_ih, Tensor grad_ln_weight_hh, Tensor grad_ln_weight_c, "
+      "Tensor grad_ln_bias_c)");
   m.def(
       "gru_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
+      "Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, bool need_workspace) -> (Tensor h_n, "
+      "Tensor workspace)");
   m.def(
       "gru_cell_backward(Tensor grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, Tensor workspace, bool[6] output_mask) -> (Tensor grad_input, "
-      "Tensor grad_h0, "
-      "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor workspace, "
+      "bool[8] output_mask) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_ln_weight_ih, Tensor grad_ln_weight_hh)");
   m.def(
       "rnn_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, str nonlinearity, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
@@ -135,15 +145,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   cells["rnn_tanh"] = cell_facts<fused_rnn::RnnTanhCell>();
   cells["rnn_relu"] = cell_facts<fused_rnn::RnnReluCell>();
   m.attr("cells") = cells;
-  m.def("step_workspace_width", &fused_rnn::step_workspace_width,
-        "Columns of the workspace a single-step forward (<cell>_cell_forward) returns.");
+  m.def(
+      "step_workspace_width",
+      [](int64_t workspace_units, int64_t hidden, bool proj, int64_t norm_cols) {
+        return fused_rnn::step_workspace_width(static_cast<int>(workspace_units), hidden, proj, norm_cols);
+      },
+      "Columns of the workspace a single-step forward (<cell>_cell_forward) returns.");
   m.def(
       "workspace_width",
-      [](int64_t workspace_units, int64_t hidden, int64_t state, bool proj) {
-        return fused_rnn::WorkspaceLayout::make(static_cast<int>(workspace_units), hidden, state, proj).width;
+      [](int64_t workspace_units, int64_t hidden, int64_t state, bool proj, int64_t norm_cols) {
+        return fused_rnn::WorkspaceLayout::make(static_cast<int>(workspace_units), hidden, state, proj, norm_cols)
+            .width;
       },
       "Columns of the workspace a forward with need_workspace=True returns, given the cell's "
-      "workspace_units (cells[name]['workspace_units']).");
+      "workspace_units (cells[name]['workspace_units']) and norm_columns.");
+  m.def(
+      "norm_columns",
+      [](int64_t gates, int64_t hidden, bool has_cell_state, bool layer_norm) {
+        return fused_rnn::norm_columns(static_cast<int>(gates), hidden, has_cell_state, layer_norm);
+      },
+      "Workspace columns a layer-normalized cell adds (0 without layer_norm).");
   m.def("step_with_grad", &fused_rnn::step_with_grad,
         "The single-step op `name` in eager training, with its autograd node in C++ (step_autograd.h).");
   m.def(

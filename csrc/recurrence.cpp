@@ -4,10 +4,12 @@
 
 #include <c10/util/accumulate.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <mutex>
 #include <new>
+#include <string>
 #include <unordered_map>
 #include <utility>
 
@@ -163,6 +165,29 @@ void check_input_rank(const char* op, const Tensor& input, bool packed) {
   }
 }
 
+// A layer-normalized cell's weights: all of them or none (ln_weight_ih and ln_weight_hh
+// [gates * hidden]; the LSTM's ln_weight_c and ln_bias_c [hidden] too).
+void check_layer_norm_weights(const char* op, bool has_cell_state, const Tensor& input, const LayerWeights& w,
+                              const Sizes& s) {
+  const int64_t gh = w.w_hh.size(0);
+  std::vector<std::pair<const char*, const OptTensor*>> names = {{"ln_weight_ih", &w.ln_ih},
+                                                                 {"ln_weight_hh", &w.ln_hh}};
+  if (has_cell_state) names.insert(names.end(), {{"ln_weight_c", &w.ln_c}, {"ln_bias_c", &w.ln_bias_c}});
+  TORCH_CHECK(has_cell_state || (!w.ln_c && !w.ln_bias_c), op, ": ln_weight_c and ln_bias_c are only taken by lstm");
+  const bool any = std::any_of(names.begin(), names.end(), [](const auto& n) { return n.second->has_value(); });
+  for (const auto& [name, t] : names) {
+    TORCH_CHECK(
+        t->has_value() || !any, op, ": a layer-normalized cell takes ",
+        has_cell_state ? "ln_weight_ih, ln_weight_hh, ln_weight_c and ln_bias_c" : "ln_weight_ih and ln_weight_hh",
+        " together, but ", name, " is None");
+    if (!t->has_value()) continue;
+    check_same(op, name, **t, input);
+    const bool per_gate = std::string(name) == "ln_weight_ih" || std::string(name) == "ln_weight_hh";
+    check_shape(op, name, **t, {per_gate ? gh : s.hidden},
+                per_gate ? "[gates * hidden_size] (from weight_hh)" : "[hidden_size] (from weight_hh)");
+  }
+}
+
 // Checks the weights against the input and each other; sets s.input, s.hidden and s.state.
 void check_weights(const char* op, int gates, bool has_cell_state, const Tensor& input, const LayerWeights& w,
                    Sizes* s) {
@@ -195,6 +220,7 @@ void check_weights(const char* op, int gates, bool has_cell_state, const Tensor&
     check_same(op, "weight_ch", *w.w_ch, input);
     check_shape(op, "weight_ch", *w.w_ch, {3 * s->hidden}, "[3 * hidden_size] (hidden_size from weight_hh)");
   }
+  check_layer_norm_weights(op, has_cell_state, input, w, *s);
 }
 
 // The rows of every step of packed input, in time order; sets s.steps and s.batch.

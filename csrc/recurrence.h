@@ -27,6 +27,9 @@ struct LayerWeights {
   Tensor w_ih, w_hh;
   OptTensor b_ih, b_hh, w_hr;
   OptTensor w_ch;  // peephole LSTM: [3 * hidden] w_ci|w_cf|w_co (cells/lstm.h)
+  // Layer-normalized cells (cells/layer_norm.h): γ_ih, γ_hh [G * hidden]; LSTM γ_c, β_c [hidden].
+  OptTensor ln_ih, ln_hh, ln_c, ln_bias_c;
+  bool layer_norm() const { return ln_hh.has_value(); }
 };
 
 // One time step's rows: [offset, offset + rows) of the [N, ...] input/output matrices.
@@ -38,16 +41,34 @@ struct Sizes {
   int64_t steps, batch, input, hidden, state;  // state = proj_size or hidden
 };
 
+// The workspace columns a layer-normalized cell adds after the others (0 for the other
+// cells): the input path's x̂ and the hidden path's ĥ (G*H each), their rows' 1/σ, and for
+// the LSTM the mean and 1/σ of c'. NormColumns gives each one's column from where they start.
+inline int64_t norm_columns(int gates, int64_t hidden, bool has_cell_state, bool layer_norm) {
+  return layer_norm ? 2 * gates * hidden + 2 + (has_cell_state ? 2 : 0) : 0;
+}
+struct NormColumns {
+  int64_t x_hat, h_hat, x_rstd, h_rstd, c_stats;
+  NormColumns(int64_t start, int64_t gate_cols)
+      : x_hat(start),
+        h_hat(start + gate_cols),
+        x_rstd(start + 2 * gate_cols),
+        h_rstd(x_rstd + 1),
+        c_stats(x_rstd + 2) {}
+};
+
 // Workspace columns: the cell's own (Cell::kWorkspace * H), then for a projected LSTM the
-// unprojected h (H), then the recurrent input of the step, h_prev (state size).
+// unprojected h (H), then the recurrent input of the step, h_prev (state size), then a
+// layer-normalized cell's (norm_columns).
 struct WorkspaceLayout {
-  int64_t cell_cols, h_col, h_prev_col, width;
-  static WorkspaceLayout make(int cell_ws, int64_t hidden, int64_t state, bool proj) {
+  int64_t cell_cols, h_col, h_prev_col, norm_col, width;
+  static WorkspaceLayout make(int cell_ws, int64_t hidden, int64_t state, bool proj, int64_t norm_cols) {
     WorkspaceLayout l;
     l.cell_cols = cell_ws * hidden;
     l.h_col = l.cell_cols;
     l.h_prev_col = l.cell_cols + (proj ? hidden : 0);
-    l.width = l.h_prev_col + state;
+    l.norm_col = l.h_prev_col + state;
+    l.width = l.norm_col + norm_cols;
     return l;
   }
 };
@@ -78,7 +99,7 @@ Tensor new_buffer(at::IntArrayRef shape, const at::TensorOptions& opts);
 // a fresh block of tens of MB comes from mmap, and first touching it page by page cost
 // 13 ms of a 90 ms forward at T100 B64 H512 (52 MB), as much again in backward. Other
 // devices get new_buffer (CUDA's caching allocator already reuses). Poisoned like it.
-enum class Scratch { kGates, kHiddenGates, kCount };
+enum class Scratch { kGates, kHiddenGates, kNormGates, kNormCell, kCount };
 Tensor scratch_buffer(Scratch slot, at::IntArrayRef shape, const at::TensorOptions& opts);
 // The calling thread's kept scratch memory (and the process's kept blocks of new_buffer):
 // its size, and releasing it.
@@ -122,7 +143,7 @@ struct LayerSetup {
   Sizes s;
   Tensor input;  // contiguous
   int64_t rows;  // N: rows of the [N, ...] input/output matrices
-  bool proj;
+  bool proj, norm;
   WorkspaceLayout layout;
 };
 
@@ -135,7 +156,9 @@ LayerSetup setup_layer(const Tensor& input, const OptTensor& batch_sizes, const 
   // Not numel / input_size: input_size may be 0 (torch.nn accepts it; the output comes from the biases).
   l.rows = l.input.dim() == 2 ? l.input.size(0) : l.input.size(0) * l.input.size(1);
   l.proj = w.w_hr.has_value();
-  l.layout = WorkspaceLayout::make(Cell::kWorkspace, l.s.hidden, l.s.state, l.proj);
+  l.norm = w.layer_norm();
+  l.layout = WorkspaceLayout::make(Cell::kWorkspace, l.s.hidden, l.s.state, l.proj,
+                                   norm_columns(Cell::kGates, l.s.hidden, Cell::kHasCellState, l.norm));
   return l;
 }
 
@@ -151,6 +174,60 @@ struct LayerOutputs {
 // What a layer's backward returns: the gradient of each argument, by the argument's name.
 struct LayerGrads {
   Tensor input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch;
+  Tensor ln_weight_ih, ln_weight_hh, ln_weight_c, ln_bias_c;
+};
+
+// A layer-normalized cell's weights, contiguous (undefined for the other cells), and the step
+// blocks' pointers into them and into the workspace (cells/layer_norm.h).
+struct NormWeights {
+  Tensor ih, hh, c, bias_c;
+
+  static NormWeights of(const LayerWeights& w) {
+    return {contiguous_or_empty(w.ln_ih), contiguous_or_empty(w.ln_hh), contiguous_or_empty(w.ln_c),
+            contiguous_or_empty(w.ln_bias_c)};
+  }
+  bool active() const { return hh.defined(); }
+
+  // ws_row: the step's first workspace row, or null in inference (nothing kept).
+  template <class T>
+  ForwardNorm<T> forward(T* ws_row, const NormColumns& nc) const {
+    ForwardNorm<T> n;
+    if (!active()) return n;
+    n.gamma_hh = ptr<T>(hh);
+    n.gamma_c = ptr<T>(c);
+    n.beta_c = ptr<T>(bias_c);
+    if (ws_row) {
+      n.h_hat = ws_row + nc.h_hat;
+      n.h_rstd = ws_row + nc.h_rstd;
+      if (n.gamma_c) n.c_stats = ws_row + nc.c_stats;
+    }
+    return n;
+  }
+
+  // d_h_raw, d_c_norm: the step's first rows of those buffers.
+  template <class T>
+  BackwardNorm<T> backward(const T* ws_row, const NormColumns& nc, T* d_h_raw, T* d_c_norm) const {
+    BackwardNorm<T> n;
+    if (!active()) return n;
+    n.gamma_hh = ptr<T>(hh);
+    n.h_hat = ws_row + nc.h_hat;
+    n.h_rstd = ws_row + nc.h_rstd;
+    n.d_h_raw = d_h_raw;
+    n.gamma_c = ptr<T>(c);
+    n.beta_c = ptr<T>(bias_c);
+    if (n.gamma_c) n.c_stats = ws_row + nc.c_stats;
+    n.d_c_norm = d_c_norm;
+    return n;
+  }
+
+  // The input path's LN for all rows of x_gates [N, G*H] at once, in place, keeping x̂ and 1/σ
+  // in the workspace (ws: its first row, or null).
+  template <class Device, class T>
+  void normalize_input_path(const Tensor& x_gates, T* ws, int64_t ws_stride, const NormColumns& nc) const {
+    const int64_t gh = x_gates.size(1);
+    Device::template normalize_rows<T>(ptr<T>(x_gates), x_gates.size(0), gh, gh, ptr<T>(ih),
+                                       ws ? ws + nc.x_hat : nullptr, ws ? ws + nc.x_rstd : nullptr, ws_stride);
+  }
 };
 
 // The tensors a layer's forward works on, and the pointer block of one step over them.
@@ -159,6 +236,7 @@ struct ForwardBuffers {
   Tensor h_gates;     // [B, G*H] this step's h_prev W_hh^T
   Tensor b_ih, b_hh;  // contiguous, or undefined
   Tensor w_ch;        // peephole LSTM: contiguous, or undefined
+  NormWeights norm;   // layer-normalized cells
   Tensor output;      // [T, B, P] or [N, P]; out2d is its [N, P] view
   Tensor out2d;
   Tensor h_state;    // [B, P] h_prev in, h' out
@@ -191,6 +269,7 @@ struct ForwardBuffers {
     a.c_state = ptr<T>(c_state);
     a.ws = need_workspace ? ptr<T>(ws) + st.offset * layout.width : nullptr;
     a.ws_stride = layout.width;
+    a.norm = norm.forward<T>(a.ws, NormColumns(layout.norm_col, GH));
     if (proj) {  // h' goes to the workspace (or scratch), and the driver projects it
       a.h_out = need_workspace ? a.ws + layout.h_col : ptr<T>(h_scratch);
       a.h_out_stride = need_workspace ? layout.width : H;
@@ -219,6 +298,7 @@ ForwardBuffers forward_buffers(const LayerSetup& l, const LayerWeights& w, const
   b.b_ih = contiguous_or_empty(w.b_ih);
   b.b_hh = contiguous_or_empty(w.b_hh);
   b.w_ch = contiguous_or_empty(w.w_ch);
+  b.norm = NormWeights::of(w);
   std::vector<int64_t> out_shape = l.input.sizes().vec();
   out_shape.back() = P;
   b.output = new_buffer(out_shape, opts);
@@ -241,10 +321,15 @@ LayerOutputs layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
   std::optional<typename Device::StepWeight> w_hr_step;
   if (l.proj) w_hr_step.emplace(w.w_hr->t(), n_steps);
 
-  // A projected LSTM's step ends in a GEMM over all units: its steps are never split.
-  const StepPlan plan{l.s.batch, l.s.state, Cell::kGates, l.s.hidden, /*splittable=*/!l.proj};
+  // A projected LSTM's step ends in a GEMM over all units, a layer-normalized step's statistics
+  // span all units: their steps are never split.
+  const StepPlan plan{l.s.batch, l.s.state, Cell::kGates, l.s.hidden, /*splittable=*/!l.proj && !l.norm};
   Device::dispatch(l.input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
+    if (l.norm) {
+      b.norm.normalize_input_path<Device, T>(b.x_gates, need_workspace ? ptr<T>(b.ws) : nullptr, l.layout.width,
+                                             NormColumns(l.layout.norm_col, Cell::kGates * l.s.hidden));
+    }
     Device::template for_each_step<T>(n_steps, plan, [&](int64_t k, const Units& units, const auto& sync) {
       const StepRows& st = l.steps[reverse ? n_steps - 1 - k : k];
       const Tensor h_prev = first_rows(b.h_state, st.rows);
@@ -278,6 +363,9 @@ struct BackwardBuffers {
   Tensor d_proj;     // projected LSTM: [N, P] dL/d(projected h) per row
   Tensor dh_buf;     // projected LSTM: [B, H] that times W_hr
   Tensor w_ch;       // peephole LSTM: contiguous, or undefined
+  NormWeights norm;  // layer-normalized cells, and their scratch:
+  Tensor d_h_raw;    //   [N, G*H] dL/d(h_prev W_hh^T): what the recurrent GEMMs multiply
+  Tensor d_c_norm;   //   LSTM: [N, H] dL/d(γ_c ĉ' + β_c)
   int64_t hidden, state, gates;
   WorkspaceLayout layout;
   bool proj;
@@ -306,8 +394,15 @@ struct BackwardBuffers {
     a.d_gates_x = ptr<T>(d_gates_x) + st.offset * GH;
     a.d_gates_h = ptr<T>(d_gates_h) + st.offset * GH;
     a.d_gates_stride = GH;
+    if (norm.active()) {
+      a.norm = norm.backward<T>(a.ws, NormColumns(layout.norm_col, GH), ptr<T>(d_h_raw) + st.offset * GH,
+                                d_c_norm.defined() ? ptr<T>(d_c_norm) + st.offset * H : nullptr);
+    }
     return a;
   }
+
+  // The gradient each step's recurrent GEMM multiplies by W_hh.
+  const Tensor& d_gemm_h() const { return norm.active() ? d_h_raw : d_gates_h; }
 };
 
 // Checks what only backward takes (workspace, grad_output) and allocates its buffers.
@@ -346,6 +441,11 @@ BackwardBuffers backward_buffers(const LayerSetup& l, const LayerWeights& w, con
   b.d_proj = l.proj ? new_buffer({N, P}, opts) : Tensor();
   b.dh_buf = l.proj ? new_buffer({l.s.batch, H}, opts) : Tensor();
   b.w_ch = contiguous_or_empty(w.w_ch);
+  b.norm = NormWeights::of(w);
+  if (l.norm) {
+    b.d_h_raw = scratch_buffer(Scratch::kNormGates, {N, G * H}, opts);
+    b.d_c_norm = Cell::kHasCellState ? scratch_buffer(Scratch::kNormCell, {N, H}, opts) : Tensor();
+  }
   return b;
 }
 
@@ -358,6 +458,12 @@ struct GradSources {
   Tensor d_gates_x, d_gates_h;  // [N, G*H] dL/d(pre-activation), input and hidden path
   Tensor d_proj;                // projected LSTM: [N, P] dL/d(projected h')
   Tensor cell_ws;               // peephole LSTM: [N, kWorkspace*H] the cell's workspace columns
+  // Layer-normalized cells: d_gates_x / d_gates_h above are the gradients of the normalized
+  // paths (γ x̂, γ ĥ); the GEMMs' are d_gates_x after normalize_rows_backward (in place) and
+  // d_h_raw. x̂, ĥ [N, G*H] and x_rstd [N, 1] as forward kept them (workspace columns).
+  Tensor norm_ws;   // [N, norm_columns] the workspace's layer-norm columns
+  Tensor d_h_raw;   // [N, G*H]
+  Tensor d_c_norm;  // LSTM: [N, H] dL/d(γ_c ĉ' + β_c)
 };
 
 // Which gradients a backward computes (the others come back as empty tensors): all of them
@@ -365,35 +471,66 @@ struct GradSources {
 // that needs no gradient, frozen weights), most of them a GEMM as large as the step's own.
 struct GradMask {
   bool input = true, h0 = true, c0 = true, weight_ih = true, weight_hh = true, bias_ih = true, bias_hh = true,
-       weight_hr = true, weight_ch = true;
+       weight_hr = true, weight_ch = true, ln_weight_ih = true, ln_weight_hh = true, ln_weight_c = true,
+       ln_bias_c = true;
 };
 
-// A peephole LSTM's dL/d[w_ci|w_cf|w_co] [3H]: per weight, the sum over rows of a gate's
-// pre-activation gradient times the cell state it looks at (LstmCell::kPeepholeGrads). The
-// products and sums run in float32 for half types (fp32 accumulation, DESIGN §3).
-template <class Cell>
-Tensor peephole_grad(const Tensor& d_gates, const Tensor& cell_ws, int64_t hidden) {
-  const auto acc = at::isReducedFloatingType(d_gates.scalar_type()) ? at::kFloat : d_gates.scalar_type();
-  std::vector<Tensor> parts;
-  for (const auto& pg : Cell::kPeepholeGrads) {
-    const Tensor grad = d_gates.narrow(1, pg.gate * hidden, hidden).to(acc);
-    parts.push_back(at::mul(grad, cell_ws.narrow(1, pg.state * hidden, hidden).to(acc)).sum(0));
-  }
-  return at::cat(parts).to(d_gates.scalar_type());
+// sum over rows of a * b, [N, C] each -> [C]; in float32 for half types (fp32 accumulation,
+// DESIGN §3).
+inline Tensor sum_of_products(const Tensor& a, const Tensor& b) {
+  const auto acc = at::isReducedFloatingType(a.scalar_type()) ? at::kFloat : a.scalar_type();
+  return at::mul(a.to(acc), b.to(acc)).sum(0).to(a.scalar_type());
 }
 
-// dx, the weight gradients (one GEMM each over all rows) and the bias sums; the state
-// gradients are the caller's.
+// A peephole LSTM's dL/d[w_ci|w_cf|w_co] [3H]: per weight, the sum over rows of a gate's
+// pre-activation gradient times the cell state it looks at (LstmCell::kPeepholeGrads).
+template <class Cell>
+Tensor peephole_grad(const Tensor& d_gates, const Tensor& cell_ws, int64_t hidden) {
+  std::vector<Tensor> parts;
+  for (const auto& pg : Cell::kPeepholeGrads) {
+    parts.push_back(
+        sum_of_products(d_gates.narrow(1, pg.gate * hidden, hidden), cell_ws.narrow(1, pg.state * hidden, hidden)));
+  }
+  return at::cat(parts);
+}
+
+// A layer-normalized cell's γ and β gradients (sums over rows, from the gradients of the
+// normalized paths), then the input path's gradient through its LN, in place in s.d_gates_x.
+template <class Cell, class Device>
+void layer_norm_grads(const GradSources& s, const NormWeights& w, const GradMask& mask, LayerGrads* g) {
+  const auto opts = s.x.options();
+  const int64_t gh = s.d_gates_x.size(1), hidden = gh / Cell::kGates;
+  const NormColumns nc(0, gh);
+  const Tensor x_hat = s.norm_ws.narrow(1, nc.x_hat, gh), h_hat = s.norm_ws.narrow(1, nc.h_hat, gh);
+  g->ln_weight_ih = mask.ln_weight_ih ? sum_of_products(s.d_gates_x, x_hat) : at::empty({0}, opts);
+  g->ln_weight_hh = mask.ln_weight_hh ? sum_of_products(s.d_gates_h, h_hat) : at::empty({0}, opts);
+  g->ln_weight_c = at::empty({0}, opts);  // one empty tensor each: results must not alias
+  g->ln_bias_c = at::empty({0}, opts);
+  if constexpr (Cell::kHasCellState) {
+    const Tensor stats = s.norm_ws.narrow(1, nc.c_stats, 2);
+    const Tensor c_new = s.cell_ws.narrow(1, Cell::kCellStateColumn * hidden, hidden);
+    const Tensor c_hat = (c_new - stats.narrow(1, 0, 1)) * stats.narrow(1, 1, 1);
+    if (mask.ln_weight_c) g->ln_weight_c = sum_of_products(s.d_c_norm, c_hat);
+    if (mask.ln_bias_c) g->ln_bias_c = s.d_c_norm.sum(0);
+  }
+  Device::dispatch(s.x.scalar_type(), Cell::kName, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t ws_stride = s.norm_ws.stride(0);
+    Device::template normalize_rows_backward<T>(ptr<T>(s.d_gates_x), s.d_gates_x.size(0), gh, gh, ptr<T>(w.ih),
+                                                ptr<T>(s.norm_ws) + nc.x_hat, ptr<T>(s.norm_ws) + nc.x_rstd, ws_stride);
+  });
+}
+
+// dx, the weight gradients (one GEMM each over all rows) and the sums over rows (biases,
+// peephole and layer-norm weights); the state gradients are the caller's. Sums over rows are
+// deterministic reductions (no atomics) on both devices. They come first: a layer-normalized
+// cell then turns s.d_gates_x into its GEMM's gradient in place.
 template <class Cell, class Device>
 LayerGrads weight_and_input_grads(const GradSources& s, const LayerWeights& w, at::IntArrayRef input_shape,
                                   const GradMask& mask = {}) {
   const auto opts = s.x.options();
   const auto unless = [&](bool wanted, auto&& compute) { return wanted ? compute() : at::empty({0}, opts); };
   LayerGrads g;
-  g.input = unless(mask.input, [&] { return matmul<Device>(s.d_gates_x, w.w_ih).view(input_shape); });
-  g.weight_ih = unless(mask.weight_ih, [&] { return matmul<Device>(s.d_gates_x.t(), s.x); });
-  g.weight_hh = unless(mask.weight_hh, [&] { return matmul<Device>(s.d_gates_h.t(), s.h_prev); });
-  // Sums over rows are deterministic reductions (no atomics) on both devices.
   g.bias_ih = unless(w.b_ih.has_value() && mask.bias_ih, [&] { return s.d_gates_x.sum(0); });
   // Where both paths share the gate grads (all but GRU), both biases get the same sum.
   const bool same_sum = !Cell::kSplitGateGrads && g.bias_ih.numel() > 0;
@@ -408,6 +545,16 @@ LayerGrads weight_and_input_grads(const GradSources& s, const LayerWeights& w, a
   } else {
     g.weight_ch = at::empty({0}, opts);
   }
+  const NormWeights norm = NormWeights::of(w);
+  if (norm.active()) {
+    layer_norm_grads<Cell, Device>(s, norm, mask, &g);
+  } else {
+    for (Tensor* t : {&g.ln_weight_ih, &g.ln_weight_hh, &g.ln_weight_c, &g.ln_bias_c}) *t = at::empty({0}, opts);
+  }
+  const Tensor& d_h = norm.active() ? s.d_h_raw : s.d_gates_h;  // of the GEMM h_prev W_hh^T
+  g.input = unless(mask.input, [&] { return matmul<Device>(s.d_gates_x, w.w_ih).view(input_shape); });
+  g.weight_ih = unless(mask.weight_ih, [&] { return matmul<Device>(s.d_gates_x.t(), s.x); });
+  g.weight_hh = unless(mask.weight_hh, [&] { return matmul<Device>(d_h.t(), s.h_prev); });
   return g;
 }
 
@@ -422,6 +569,11 @@ LayerGrads gradients_after_loop(const LayerSetup& l, const LayerWeights& w, cons
   s.d_gates_h = b.d_gates_h;
   s.d_proj = b.d_proj;
   s.cell_ws = b.ws.narrow(1, 0, l.layout.cell_cols);
+  if (l.norm) {
+    s.norm_ws = b.ws.narrow(1, l.layout.norm_col, l.layout.width - l.layout.norm_col);
+    s.d_h_raw = b.d_h_raw;
+    s.d_c_norm = b.d_c_norm;
+  }
   LayerGrads g = weight_and_input_grads<Cell, Device>(s, w, l.input.sizes());
   g.h0 = b.dh_state;
   g.c0 = Cell::kHasCellState ? b.dc_state : at::empty({0}, l.input.options());
@@ -453,7 +605,7 @@ LayerGrads layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, con
       }
       Device::template backward_step<Cell, T>(b.step<T>(st));
       // GRU: on top of the direct path dh * z that the step wrote.
-      w_hh_step.gemm(dh_rows, b.d_gates_h.narrow(0, st.offset, st.rows), /*accumulate=*/Cell::kSplitGateGrads);
+      w_hh_step.gemm(dh_rows, b.d_gemm_h().narrow(0, st.offset, st.rows), /*accumulate=*/Cell::kSplitGateGrads);
     }
   });
   return gradients_after_loop<Cell, Device>(l, w, b);

@@ -12,9 +12,18 @@
 
 namespace fused_rnn {
 
-// Columns of a single step's workspace: Cell::kWorkspace * H, then a projected LSTM's h' (H).
-inline int64_t step_workspace_width(int cell_ws, int64_t hidden, bool proj) {
+// Columns of a single step's workspace: Cell::kWorkspace * H, then a projected LSTM's h' (H),
+// then a layer-normalized cell's (norm_columns, from step_norm_column on).
+inline int64_t step_norm_column(int cell_ws, int64_t hidden, bool proj) {
   return cell_ws * hidden + (proj ? hidden : 0);
+}
+inline int64_t step_workspace_width(int cell_ws, int64_t hidden, bool proj, int64_t norm_cols) {
+  return step_norm_column(cell_ws, hidden, proj) + norm_cols;
+}
+template <class Cell>
+int64_t step_workspace_width(int64_t hidden, bool proj, bool layer_norm) {
+  return step_workspace_width(Cell::kWorkspace, hidden, proj,
+                              norm_columns(Cell::kGates, hidden, Cell::kHasCellState, layer_norm));
 }
 
 // The name in a single-step op's messages: the cell's, e.g. "lstm_cell".
@@ -40,13 +49,17 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
   const bool proj = w.w_hr.has_value();
   const Tensor x = input.contiguous(), b_ih = contiguous_or_empty(w.b_ih), b_hh = contiguous_or_empty(w.b_hh);
   const Tensor w_ch = contiguous_or_empty(w.w_ch);
-  // The recurrent GEMM adds into the input's where the cell only sums the two paths.
+  const NormWeights norm = NormWeights::of(w);
+  // The recurrent GEMM adds into the input's where the cell only sums the two paths (and
+  // neither is normalized on its own).
+  const bool two_buffers = Cell::kSplitGateGrads || norm.active();
   Tensor x_gates = new_buffer({B, GH}, opts);
-  Tensor h_gates = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : x_gates;
+  Tensor h_gates = two_buffers ? new_buffer({B, GH}, opts) : x_gates;
   const Tensor h_prev = h.contiguous();
 
   StepOutputs r;
-  const int64_t width = step_workspace_width(Cell::kWorkspace, H, proj);
+  const int64_t width = step_workspace_width<Cell>(H, proj, norm.active());
+  const NormColumns norm_cols(step_norm_column(Cell::kWorkspace, H, proj), GH);
   r.workspace = need_workspace ? new_buffer({B, width}, opts) : at::empty({0}, opts);
   // h' goes to h_state, which starts as h_prev where the cell reads it there (GRU).
   Tensor h_new = proj ? (need_workspace ? r.workspace.narrow(1, Cell::kWorkspace * H, H) : new_buffer({B, H}, opts))
@@ -60,7 +73,7 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
     a.hidden = H;
     a.x_gates = ptr<T>(x_gates);
     a.x_stride = GH;
-    a.h_gates = Cell::kSplitGateGrads ? ptr<T>(h_gates) : nullptr;
+    a.h_gates = two_buffers ? ptr<T>(h_gates) : nullptr;
     a.h_stride = GH;
     a.bias_ih = ptr<T>(b_ih);
     a.bias_hh = ptr<T>(b_hh);
@@ -72,8 +85,16 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
     a.c_state = ptr<T>(r.c_n);
     a.ws = need_workspace ? ptr<T>(r.workspace) : nullptr;
     a.ws_stride = width;
-    Device::template single_step<Cell, T>(a, x, w.w_ih.t(), h_prev, w.w_hh.t(), x_gates, h_gates,
-                                          /*accumulate=*/!Cell::kSplitGateGrads);
+    a.norm = norm.forward<T>(a.ws, norm_cols);
+    if (norm.active()) {  // the input path's LN between the GEMM and the pass
+      Device::gemm(x_gates, x, w.w_ih.t(), /*accumulate=*/false);
+      norm.normalize_input_path<Device, T>(x_gates, a.ws, width, norm_cols);
+      Device::gemm(h_gates, h_prev, w.w_hh.t(), /*accumulate=*/false);
+      Device::template forward_step<Cell, T>(a, Units::whole(H));
+    } else {
+      Device::template single_step<Cell, T>(a, x, w.w_ih.t(), h_prev, w.w_hh.t(), x_gates, h_gates,
+                                            /*accumulate=*/!Cell::kSplitGateGrads);
+    }
   });
   r.h_n = proj ? matmul<Device>(h_new, w.w_hr->t()) : h_new;
   if (!Cell::kHasCellState) r.c_n = Tensor();
@@ -83,9 +104,9 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
 // Checks what only backward takes: the workspace and the gradients of the new states.
 template <class Cell>
 void check_step_backward_args(const Sizes& s, const Tensor& input, const Tensor& grad_h_n, const OptTensor& grad_c_n,
-                              const Tensor& ws, bool proj) {
+                              const Tensor& ws, bool proj, bool layer_norm) {
   const char* op = step_op_name<Cell>();
-  const int64_t width = step_workspace_width(Cell::kWorkspace, s.hidden, proj);
+  const int64_t width = step_workspace_width<Cell>(s.hidden, proj, layer_norm);
   const auto check = [&](const char* name, const Tensor& t, at::IntArrayRef shape) {
     TORCH_CHECK(t.sizes() == shape, op, "_backward: expected ", name, " of shape ", shape, ", but got ", t.sizes(),
                 name == std::string("workspace")
@@ -106,7 +127,8 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
   const OpScope scope(input);
   const Sizes s = check_step_args(step_op_name<Cell>(), Cell::kGates, Cell::kHasCellState, input, h, c, w);
   const bool proj = w.w_hr.has_value();
-  check_step_backward_args<Cell>(s, input, grad_h_n, grad_c_n, workspace, proj);
+  const NormWeights norm = NormWeights::of(w);
+  check_step_backward_args<Cell>(s, input, grad_h_n, grad_c_n, workspace, proj, norm.active());
   const auto opts = input.options();
   const int64_t B = s.batch, H = s.hidden, GH = Cell::kGates * H;
   const Tensor ws = workspace.contiguous(), h_prev = h.contiguous();
@@ -121,6 +143,12 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
   if (proj) src.h_unprojected = ws.narrow(1, Cell::kWorkspace * H, H);
   src.cell_ws = ws.narrow(1, 0, Cell::kWorkspace * H);
   const Tensor w_ch = contiguous_or_empty(w.w_ch);
+  const int64_t norm_col = step_norm_column(Cell::kWorkspace, H, proj);
+  if (norm.active()) {
+    src.norm_ws = ws.narrow(1, norm_col, width - norm_col);
+    src.d_h_raw = new_buffer({B, GH}, opts);
+    src.d_c_norm = Cell::kHasCellState ? new_buffer({B, H}, opts) : Tensor();
+  }
   src.d_gates_x = new_buffer({B, GH}, opts);
   src.d_gates_h = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : src.d_gates_x;
   // GRU writes its direct path dh * z here (adding what it finds: nothing); dh_prev W_hh goes on top.
@@ -144,14 +172,16 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
     a.d_gates_x = ptr<T>(src.d_gates_x);
     a.d_gates_h = ptr<T>(src.d_gates_h);
     a.d_gates_stride = GH;
+    a.norm = norm.backward<T>(a.ws, NormColumns(norm_col, GH), ptr<T>(src.d_h_raw), ptr<T>(src.d_c_norm));
     Device::template backward_step<Cell, T>(a);
   });
+  const Tensor& d_gemm_h = norm.active() ? src.d_h_raw : src.d_gates_h;
   if (!mask.h0) {
     dh_prev = at::empty({0}, opts);
   } else if (Cell::kSplitGateGrads) {
-    Device::gemm(dh_prev, src.d_gates_h, w.w_hh, /*accumulate=*/true);
+    Device::gemm(dh_prev, d_gemm_h, w.w_hh, /*accumulate=*/true);
   } else {
-    dh_prev = matmul<Device>(src.d_gates_h, w.w_hh);
+    dh_prev = matmul<Device>(d_gemm_h, w.w_hh);
   }
   LayerGrads g = weight_and_input_grads<Cell, Device>(src, w, input.sizes(), mask);
   g.h0 = dh_prev;

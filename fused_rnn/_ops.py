@@ -54,6 +54,7 @@ class _OpSpec:
         # From the C++ cell (csrc/cells): the one place the gate count and workspace are written.
         self.gates = facts["gates"]
         self.workspace_units = facts["workspace_units"]
+        self.has_cell_state = facts["has_cell_state"]
         self.n_leading = 1 if step else 2  # input (, batch_sizes)
         self.n_tensors = self.n_leading + n_states + n_weights
         self.n_flags = 1 if step else 2  # (reverse,) need_workspace
@@ -84,18 +85,22 @@ class _OpSpec:
         tail = [None] * (self.n_extras + self.n_flags)
         return (*result, *tail) if self.step else (result[0], None, *result[1:], *tail)
 
-    def workspace_width(self, hidden, state, proj):
+    def workspace_width(self, hidden, state, proj, layer_norm):
+        norm_cols = _C.norm_columns(self.gates, hidden, self.has_cell_state, layer_norm)
         if self.step:
-            return _C.step_workspace_width(self.workspace_units, hidden, proj)
-        return _C.workspace_width(self.workspace_units, hidden, state, proj)
+            return _C.step_workspace_width(self.workspace_units, hidden, proj, norm_cols)
+        return _C.workspace_width(self.workspace_units, hidden, state, proj, norm_cols)
 
 
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-# The weights of a cell variant (peephole): keyword-only in fused_rnn.functional and reference.
-VARIANT_WEIGHTS = ("weight_ch",)
+# The weights of the cell variants (peephole; layer_norm): keyword-only in fused_rnn.functional
+# and reference, None for a plain cell.
+LAYER_NORM_WEIGHTS = {"lstm": ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"),
+                      "gru": ("ln_weight_ih", "ln_weight_hh")}
+VARIANT_WEIGHTS = ("weight_ch", *LAYER_NORM_WEIGHTS["lstm"])
 _CELL_OPS = {  # cell: n_states, weight names, n_extras, the C++ cell's facts
-    "lstm": (2, (*_WEIGHTS, "weight_hr", *VARIANT_WEIGHTS), 0, _C.cells["lstm"]),
-    "gru": (1, _WEIGHTS, 0, _C.cells["gru"]),
+    "lstm": (2, (*_WEIGHTS, "weight_hr", "weight_ch", *LAYER_NORM_WEIGHTS["lstm"]), 0, _C.cells["lstm"]),
+    "gru": (1, (*_WEIGHTS, *LAYER_NORM_WEIGHTS["gru"]), 0, _C.cells["gru"]),
     # tanh and relu share the gate count and workspace (the C++ cells say so for each).
     "rnn": (1, _WEIGHTS, 1, _C.cells["rnn_tanh"]),
 }
@@ -144,15 +149,16 @@ def _register(spec):
         _check_devices(forward_op.default, args)
         tensors, _, _, need_workspace = spec.split(args)
         input, _, states0, weights = spec.parts(tensors)
-        w_hh = weights[1]
+        named = dict(zip(spec.weight_names, weights))
+        w_hh = named["weight_hh"]
         hidden, state = w_hh.shape[0] // spec.gates, w_hh.shape[1]
-        proj = spec.cell == "lstm" and weights[4] is not None
+        proj, layer_norm = named.get("weight_hr") is not None, named.get("ln_weight_hh") is not None
         outputs = [s.new_empty(s.shape) for s in states0]
         if not spec.step:
             outputs.insert(0, input.new_empty((*input.shape[:-1], state)))
         if need_workspace:
             rows = math.prod(input.shape[:-1])  # not numel // input_size: that may be 0
-            workspace = input.new_empty((rows, spec.workspace_width(hidden, state, proj)))
+            workspace = input.new_empty((rows, spec.workspace_width(hidden, state, proj, layer_norm)))
         else:
             workspace = input.new_empty((0,))
         return (*outputs, workspace)

@@ -9,8 +9,8 @@ conversion only changes each module's class: the very same Parameter objects (an
 built before the conversion keeps working), buffers, device, dtype, training mode, hooks and
 state_dict keys stay as they are.
 
-A cell variant torch.nn does not have (``peephole=True``) has no torch.nn counterpart:
-``to_torch`` refuses a model that holds one, before converting anything.
+A cell variant torch.nn does not have (``peephole=True``, ``layer_norm=True``) has no
+torch.nn counterpart: ``to_torch`` refuses a model that holds one, before converting anything.
 
 Only modules of exactly these classes are converted. A user's own subclass of ``nn.LSTM``
 may have its own ``forward`` and is left alone. A module with parametrized weights
@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from . import rnn as _fused
+from . import variants
 
 __all__ = ["to_fused", "to_torch"]
 
@@ -66,11 +67,13 @@ def _target_class(module, mapping):
 
 def _refuse_variants(model):
     for name, module in model.named_modules():
-        if isinstance(module, (_fused.LSTM, _fused.LSTMCell)) and module.peephole:
+        options = variants.extra_repr(module).lstrip(", ")
+        if options:
             where = f"model.{name}" if name else "model"
             raise ValueError(
-                f"to_torch: {where} is a {type(module).__name__} with peephole=True; torch.nn has no peephole "
-                "LSTM, so converting it would drop its weight_ch parameters and change what it computes")
+                f"to_torch: {where} is a {type(module).__name__} with {options}, a cell torch.nn does not have: "
+                f"converting it would drop its parameters {', '.join(module._variant_weight_names)} and change "
+                "what it computes")
 
 
 def _convert(model, mapping):

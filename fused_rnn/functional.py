@@ -116,34 +116,43 @@ def _call(op, need_workspace, *args):
 
 
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
-         batch_sizes=None, reverse=False, *, weight_ch=None):
+         batch_sizes=None, reverse=False, *, weight_ch=None, ln_weight_ih=None, ln_weight_hh=None,
+         ln_weight_c=None, ln_bias_c=None):
     """Returns ``(output, (h_n, c_n))``; with ``weight_hr`` [P, H] the output and h are projected.
-    ``weight_ch`` [3H] = (w_ci, w_cf, w_co) makes it a peephole LSTM (fused_rnn.reference.lstm_cell)."""
+    The variants (fused_rnn.reference.lstm_cell): ``weight_ch`` [3H] = (w_ci, w_cf, w_co), a
+    peephole LSTM; ``ln_weight_ih``, ``ln_weight_hh`` [4H], ``ln_weight_c``, ``ln_bias_c`` [H]
+    (all four), a layer-normalized LSTM."""
+    variant = dict(weight_ch=weight_ch, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
+                   ln_bias_c=ln_bias_c)
     _check_types("lstm", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
-                 batch_sizes=batch_sizes, weight_ch=weight_ch)
+                 batch_sizes=batch_sizes, **variant)
     if hx is None:
         hx = (_zeros(input, batch_sizes, weight_hh, 1), _zeros(input, batch_sizes, weight_hh, 0, gates=4))
     if _one_step(input, batch_sizes):
         h_n, c_n = _lstm_step(_step_input(input, batch_sizes), hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                              weight_ch=weight_ch)
+                              **variant)
         return _step_output(h_n, batch_sizes), (h_n, c_n)
     h0, c0 = hx
-    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch)
+    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *variant.values())
     output, h_n, c_n, _ = _call(ops.lstm_forward, need, input, batch_sizes, h0, c0, weight_ih, weight_hh, bias_ih,
-                                bias_hh, weight_hr, weight_ch, reverse)
+                                bias_hh, weight_hr, *variant.values(), reverse)
     return output, (h_n, c_n)
 
 
-def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes=None, reverse=False):
-    """Returns ``(output, h_n)``."""
-    _check_types("gru", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, batch_sizes=batch_sizes)
+def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes=None, reverse=False, *,
+        ln_weight_ih=None, ln_weight_hh=None):
+    """Returns ``(output, h_n)``. ``ln_weight_ih``, ``ln_weight_hh`` [3H] (both): a
+    layer-normalized GRU (fused_rnn.reference.gru_cell)."""
+    variant = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh)
+    _check_types("gru", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, batch_sizes=batch_sizes,
+                 **variant)
     h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
     if _one_step(input, batch_sizes):
-        h_n = gru_cell(_step_input(input, batch_sizes), h0, weight_ih, weight_hh, bias_ih, bias_hh)
+        h_n = _gru_step(_step_input(input, batch_sizes), h0, weight_ih, weight_hh, bias_ih, bias_hh, **variant)
         return _step_output(h_n, batch_sizes), h_n
-    need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
+    need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, *variant.values())
     output, h_n, _ = _call(ops.gru_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                           reverse)
+                           *variant.values(), reverse)
     return output, h_n
 
 
@@ -162,18 +171,22 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes
     return output, h_n
 
 
-def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *, weight_ch=None):
-    """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c'); ``weight_ch``
-    as in ``lstm``."""
+def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *, weight_ch=None,
+              ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
+    """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c'); the variants'
+    weights as in ``lstm``."""
+    variant = dict(weight_ch=weight_ch, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
+                   ln_bias_c=ln_bias_c)
     _check_types("lstm_cell", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
-                 weight_hr=weight_hr, weight_ch=weight_ch)
-    return _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch=weight_ch)
+                 weight_hr=weight_hr, **variant)
+    return _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, **variant)
 
 
-def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
-    """One step: input [B, I], hx = h [B, H] or None -> h'."""
-    _check_types("gru_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-    return _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ln_weight_ih=None, ln_weight_hh=None):
+    """One step: input [B, I], hx = h [B, H] or None -> h'; the layer-norm weights as in ``gru``."""
+    variant = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh)
+    _check_types("gru_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, **variant)
+    return _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, **variant)
 
 
 def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
@@ -184,20 +197,23 @@ def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlin
 
 # The cells' steps after the type checks: what the modules' cells call, having checked more.
 
-def _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None, *, weight_ch=None):
+def _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None, *, weight_ch=None,
+               ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
     if hx is None:
         hx = (_zeros(input, None, weight_hh, 1, step=True), _zeros(input, None, weight_hh, 0, gates=4, step=True))
     h0, c0 = hx
-    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch)
+    variant = (weight_ch, ln_weight_ih, ln_weight_hh, ln_weight_c, ln_bias_c)
+    need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *variant)
     h, c, _ = _call(ops.lstm_cell_forward, need, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                    weight_ch)
+                    *variant)
     return h, c
 
 
-def _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+def _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, *, ln_weight_ih=None, ln_weight_hh=None):
     h0 = _zeros(input, None, weight_hh, 1, step=True) if hx is None else hx
-    need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
-    return _call(ops.gru_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh)[0]
+    need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih, ln_weight_hh)
+    return _call(ops.gru_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih,
+                 ln_weight_hh)[0]
 
 
 def _rnn_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):

@@ -19,35 +19,62 @@ __all__ = ["lstm_cell", "gru_cell", "rnn_cell", "lstm", "gru", "rnn"]
 # Cells: one time step.
 # ---------------------------------------------------------------------------------------------
 
-def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *, weight_ch=None):
+LAYER_NORM_EPS = 1e-5
+
+
+def layer_norm(v, weight, bias=None):
+    """LN(v; γ, β) = γ * (v - mean(v)) / sqrt(var(v) + 1e-5) + β over the last dimension, biased
+    variance (Ba et al. 2016)."""
+    mean = v.mean(-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(-1, keepdim=True)
+    out = (v - mean) / torch.sqrt(var + LAYER_NORM_EPS) * weight
+    return out if bias is None else out + bias
+
+
+def _normalized_paths(x, h, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih, ln_weight_hh):
+    """The two GEMM paths of a cell, (x W_ih^T + b_ih, h W_hh^T + b_hh); layer-normalized cells
+    (ln_weight_ih and ln_weight_hh given) normalize each GEMM result before its bias."""
+    if ln_weight_ih is None:
+        return F.linear(x, weight_ih, bias_ih), F.linear(h, weight_hh, bias_hh)
+    x_part = layer_norm(F.linear(x, weight_ih), ln_weight_ih, bias_ih)
+    return x_part, layer_norm(F.linear(h, weight_hh), ln_weight_hh, bias_hh)
+
+
+def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *, weight_ch=None,
+              ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
     """One step. x [B, I], hx = (h [B, P or H], c [B, H]) or None (zeros) -> (h', c').
 
     h' is projected by weight_hr [P, H] when given: h' = (o * tanh(c')) @ weight_hr.T.
     weight_ch [3H] = (w_ci, w_cf, w_co) makes it a peephole LSTM (Gers et al. 2002): the input
     and forget gates see c, the output gate sees c'.
+    ln_weight_ih, ln_weight_hh [4H], ln_weight_c, ln_bias_c [H] make it a layer-normalized LSTM:
+    p = LN(W_ih x; γ_ih) + LN(W_hh h; γ_hh) + b_ih + b_hh, h' = o * tanh(LN(c'; γ_c) + β_c).
     """
     h, c = hx if hx is not None else (x.new_zeros(x.size(0), weight_hh.size(1)),
                                       x.new_zeros(x.size(0), weight_hh.size(0) // 4))
-    gates = F.linear(x, weight_ih, bias_ih) + F.linear(h, weight_hh, bias_hh)
-    i, f, g, o = gates.chunk(4, -1)
+    x_part, h_part = _normalized_paths(x, h, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih, ln_weight_hh)
+    i, f, g, o = (x_part + h_part).chunk(4, -1)
     if weight_ch is not None:
         w_ci, w_cf, w_co = weight_ch.chunk(3)
         i, f = i + w_ci * c, f + w_cf * c
     c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     if weight_ch is not None:
         o = o + w_co * c_next
-    h_next = torch.sigmoid(o) * torch.tanh(c_next)
+    c_out = c_next if ln_weight_c is None else layer_norm(c_next, ln_weight_c, ln_bias_c)
+    h_next = torch.sigmoid(o) * torch.tanh(c_out)
     if weight_hr is not None:
         h_next = F.linear(h_next, weight_hr)
     return h_next, c_next
 
 
-def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ln_weight_ih=None, ln_weight_hh=None):
     """One step. x [B, I], h [B, H] or None (zeros) -> h' [B, H]. Gate order r|z|n; b_hn sits
-    inside r * (...)."""
+    inside r * (...). ln_weight_ih, ln_weight_hh [3H] make it a layer-normalized GRU: each GEMM
+    result normalized before its bias, LN(W_ih x; γ_ih) + b_ih and LN(W_hh h; γ_hh) + b_hh."""
     h = h if h is not None else x.new_zeros(x.size(0), weight_hh.size(1))
-    x_r, x_z, x_n = F.linear(x, weight_ih, bias_ih).chunk(3, -1)
-    h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, -1)
+    x_part, h_part = _normalized_paths(x, h, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih, ln_weight_hh)
+    x_r, x_z, x_n = x_part.chunk(3, -1)
+    h_r, h_z, h_n = h_part.chunk(3, -1)
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
@@ -115,9 +142,9 @@ def _zeros(input, batch_sizes, size):
 # ---------------------------------------------------------------------------------------------
 
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
-         batch_sizes=None, reverse=False, *, weight_ch=None):
+         batch_sizes=None, reverse=False, **variant):
     """input [T, B, I] or packed [N, I]; hx = (h0 [B, P or H], c0 [B, H]) or None (zeros).
-    weight_ch: the peephole weights (lstm_cell).
+    variant: the keyword-only weights of lstm_cell's variants (peephole, layer norm).
 
     Returns (output [T, B, P or H] or [N, P or H], (h_n [B, P or H], c_n [B, H])).
     """
@@ -126,20 +153,21 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=
               _zeros(input, batch_sizes, weight_hh.size(0) // 4))  # H
 
     def step(x, state):
-        return lstm_cell(x, state, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ch=weight_ch)
+        return lstm_cell(x, state, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, **variant)
 
     output, (h_n, c_n) = _recurrence(step, input, tuple(hx), batch_sizes, reverse)
     return output, (h_n, c_n)
 
 
 def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
-        batch_sizes=None, reverse=False):
-    """input [T, B, I] or packed [N, I]; hx = h0 [B, H] or None (zeros). Returns (output, h_n)."""
+        batch_sizes=None, reverse=False, **variant):
+    """input [T, B, I] or packed [N, I]; hx = h0 [B, H] or None (zeros). Returns (output, h_n).
+    variant: gru_cell's keyword-only layer-norm weights."""
     if hx is None:
         hx = _zeros(input, batch_sizes, weight_hh.size(1))
 
     def step(x, state):
-        return (gru_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh),)
+        return (gru_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh, **variant),)
 
     output, (h_n,) = _recurrence(step, input, (hx,), batch_sizes, reverse)
     return output, h_n

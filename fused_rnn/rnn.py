@@ -16,20 +16,17 @@ dropout between layers exactly where torch.nn puts it: ``torch.nn.functional.dro
 concatenated output of every layer but the last, in training mode, when ``dropout != 0``.
 On CPU this draws the very same masks as torch.nn for the same seed.
 
-Beyond torch.nn, ``LSTM(..., *, peephole=True)`` and ``LSTMCell(..., *, peephole=True)`` are
-peephole LSTMs (Gers et al. 2002; equations in fused_rnn.reference.lstm_cell): each layer and
-direction gets ``weight_ch_l{k}[_reverse]`` [3 * hidden_size] = (w_ci, w_cf, w_co) (the cell
-``weight_ch``), registered after torch.nn's parameters and drawn like them, uniform in
-+-1/sqrt(hidden_size), after them. Off by default, so every torch.nn call is unchanged.
+Beyond torch.nn, keyword-only options select cell variants (fused_rnn/variants.py: their
+parameters): ``LSTM(..., *, peephole=False, layer_norm=False)``, ``GRU(..., *, layer_norm=False)``
+and the same on LSTMCell / GRUCell. Off by default, so every torch.nn call is unchanged.
 """
-import math
 
 import torch
 import torch.nn.functional as torch_F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _autocast, _torch_private, functional, reference
+from . import _autocast, _torch_private, functional, reference, variants
 from . import _nn_checks as checks
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
@@ -42,7 +39,22 @@ __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 class _FusedRNNMixin:
     """forward() for the three RNNBase subclasses below; everything else is torch.nn's."""
 
-    peephole = False  # set by LSTM(peephole=True); also so for a torch.nn module converted by to_fused
+    # The variant options (variants.py), set by the constructor; so for a torch.nn module converted
+    # by to_fused too.
+    peephole = layer_norm = False
+    _variant_weight_names = ()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        variants.reset(self, draw=False)
+
+    def extra_repr(self):
+        return super().extra_repr() + variants.extra_repr(self)
+
+    def _setup_variants(self, **options):
+        directions = ["", "_reverse"] if self.bidirectional else [""]
+        suffixes = [f"_l{layer}{d}" for layer in range(self.num_layers) for d in directions]
+        variants.setup(self, self.mode, self._gates, suffixes, **options)
 
     def _current_weights(self):
         # torch.nn's own refresh: re-reads every weight by name when one has been replaced
@@ -134,10 +146,10 @@ class _FusedRNNMixin:
 
     def _variant_weights(self, index):
         """Layer-and-direction `index`'s weights of a cell variant, as the functional op's keywords."""
-        if not self.peephole:
+        if not self._variant_weight_names:
             return {}
         layer, direction = divmod(index, 2 if self.bidirectional else 1)
-        return {"weight_ch": getattr(self, _variant_name("weight_ch", layer, direction))}
+        return variants.weights(self, f"_l{layer}{'_reverse' if direction else ''}")
 
     def _per_direction(self, weights):
         """How many of the flat weights each layer and direction has."""
@@ -243,46 +255,24 @@ _LAYER_OPS = {
 _REFERENCE_STEPS = {functional.lstm: reference.lstm_cell, functional.gru: reference.gru_cell,
                     functional.rnn: reference.rnn_cell}
 
-def _variant_name(name, layer, direction):
-    """torch.nn's naming of a per-layer parameter: weight_ch_l1, weight_ch_l1_reverse."""
-    return f"{name}_l{layer}{'_reverse' if direction == 1 else ''}"
-
-
-def _check_flag(module, name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{module}: {name} should be a bool, but got {type(value).__name__}")
-    return value
-
-
-def _peephole_parameter(hidden_size, factory_kwargs):
-    """A peephole weight [3 * hidden_size], drawn as torch.nn draws the other weights."""
-    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
-    return nn.Parameter(torch.empty(3 * hidden_size, **factory_kwargs).uniform_(-bound, bound))
-
-
-def _factory_kwargs(module):
-    weight = module.weight_hh_l0 if isinstance(module, nn.RNNBase) else module.weight_hh
-    return {"device": weight.device, "dtype": weight.dtype}
 
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
-    def __init__(self, *args, peephole=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.peephole = _check_flag("LSTM", "peephole", peephole)
-        if self.peephole:
-            factory_kwargs = _factory_kwargs(self)
-            for layer in range(self.num_layers):
-                for direction in range(2 if self.bidirectional else 1):
-                    self.register_parameter(_variant_name("weight_ch", layer, direction),
-                                            _peephole_parameter(self.hidden_size, factory_kwargs))
+    _gates = 4
 
-    def extra_repr(self):
-        return super().extra_repr() + (", peephole=True" if self.peephole else "")
+    def __init__(self, *args, peephole=False, layer_norm=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_variants(peephole=peephole, layer_norm=layer_norm)
 
 
 class GRU(_FusedRNNMixin, nn.GRU):
     __doc__ = nn.GRU.__doc__
+    _gates = 3
+
+    def __init__(self, *args, layer_norm=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_variants(layer_norm=layer_norm)
 
 
 class RNN(_FusedRNNMixin, nn.RNN):
@@ -302,7 +292,16 @@ class _FusedCellMixin:
     order, then one step of the cell (the single-step op). States are handled as a tuple
     throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell."""
 
-    peephole = False  # set by LSTMCell(peephole=True); also so for a torch.nn cell converted by to_fused
+    # The variant options, as on the layer modules.
+    peephole = layer_norm = False
+    _variant_weight_names = ()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        variants.reset(self, draw=False)
+
+    def extra_repr(self):
+        return super().extra_repr() + variants.extra_repr(self)
 
     def forward(self, input, hx=None):
         result = self._common_call(input, hx)
@@ -339,7 +338,7 @@ class _FusedCellMixin:
 
     def _variant_weights(self):
         """The cell variant's weights, as the functional op's keywords."""
-        return {"weight_ch": self.weight_ch} if self.peephole else {}
+        return variants.weights(self) if self._variant_weight_names else {}
 
     def _states_of_rank_2(self, hx):
         states = (hx,) if self._n_states == 1 else hx
@@ -433,16 +432,15 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
     _kind, _mode, _n_states = "GRUCell", "GRU", 1
     _shape_checks = (checks.check_cell_input, checks.check_cell_hidden, checks.check_cell_weights)
 
+    def __init__(self, *args, layer_norm=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        variants.setup(self, "GRU", 3, [""], layer_norm=layer_norm)
+
 
 class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     __doc__ = nn.LSTMCell.__doc__
     _kind, _mode, _n_states = "LSTMCell", "LSTM", 2
     _shape_checks = (checks.check_cell_input, checks.check_cell_weights, checks.check_cell_hidden)
-    def __init__(self, *args, peephole=False, **kwargs):
+    def __init__(self, *args, peephole=False, layer_norm=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.peephole = _check_flag("LSTMCell", "peephole", peephole)
-        if self.peephole:
-            self.weight_ch = _peephole_parameter(self.hidden_size, _factory_kwargs(self))
-
-    def extra_repr(self):
-        return super().extra_repr() + (", peephole=True" if self.peephole else "")
+        variants.setup(self, "LSTM", 4, [""], peephole=peephole, layer_norm=layer_norm)

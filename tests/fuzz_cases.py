@@ -355,15 +355,11 @@ def fuzz_ops_invalid(rng):
     if how is None:
         return "skipped"
     weights = [values.get(n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    more = {n: values.get(n) for n in _ops.SPECS[op].weight_names[4:]}  # weight_hr, the variants'
     fn = getattr(functional, op)
-    if op == "lstm":
-        hx = values["hx"] if "hx" in values else (values["h0"], values["c0"])
-        call = lambda: fn(values["input"], hx, *weights, weight_hr=values.get("weight_hr"),  # noqa: E731
-                          weight_ch=values.get("weight_ch"), **kwargs)
-    else:
-        hx = values["hx"] if "hx" in values else values["h0"]
-        extra = {"nonlinearity": case.cell[4:]} if op == "rnn" else {}
-        call = lambda: fn(values["input"], hx, *weights, **kwargs, **extra)  # noqa: E731
+    hx = values["hx"] if "hx" in values else (values["h0"], values["c0"]) if op == "lstm" else values["h0"]
+    extra = {"nonlinearity": case.cell[4:]} if op == "rnn" else {}
+    call = lambda: fn(values["input"], hx, *weights, **more, **kwargs, **extra)  # noqa: E731
     what = f"functional.{op} ({case.cell}) with a bad {arg} ({how})"
     expect_error(call, (RuntimeError, ValueError, TypeError), ARG_ALIASES.get(arg, [arg]), what)
     return f"{arg}-{how}"

@@ -133,3 +133,65 @@ def test_bench_decoder_section(tmp_path):
     tasks = {(r["style"], r["decode"], r["mode"]) for r in rows}
     assert tasks == {(style, decode, "fwd" if decode else "fwdbwd") for style in ("luong-feed", "bahdanau")
                      for decode in (None, "greedy", "beam5")}
+
+
+def test_bench_variants_section(tmp_path, capsys):
+    """--section variants: each variant against a TorchScript loop, a Python loop and our plain
+    module; four times and three ratios per row, in the JSON and the table."""
+    rows = _quick_section_rows("variants", tmp_path)
+    assert {(r["cell"], r["variant"], r["kind"]) for r in rows} == {("lstm", "peephole", "variant")}
+    assert {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
+    for r in rows:
+        for side in ("fused", "torchscript", "python", "plain"):
+            assert r[f"{side}_ms"] > 0, (side, r)
+        assert r["rel_diff_fused"] < 1e-4 and r["rel_diff_torchscript"] < 1e-4
+        for key, (a, b) in {"torchscript_over_fused": ("torchscript", "fused"),
+                            "python_over_fused": ("python", "fused"), "fused_over_plain": ("fused", "plain")}.items():
+            assert math.isclose(r[key], r[f"{a}_ms"] / r[f"{b}_ms"]), key
+        assert r["ratio"] == r["torchscript_over_fused"]
+    printed = capsys.readouterr().out
+    for column in ("TorchScript ms", "Python ms", "plain ms", "TS/fused", "Py/fused", "fused/plain"):
+        assert column in printed and column in (tmp_path / "variants.md").read_text()
+    # The targets are reported at the standard shape, B 64 and 8 (never asserted).
+    standard = [dict(r, seq_len=100, input_size=512, hidden=512, batch=b) for r in rows[:2] for b in (64, 8, 1)]
+    targets = bench.summary(standard)["targets"]
+    assert [(t["mode"], t["case"]) for t in targets] == [("fwdbwd", rows[0]["case"])] * 2
+    assert {t["fused_over_plain"]["target"] for t in targets} == {"<= 1.35"}
+    args = bench.parse_args(["--section", "variants"])
+    names = [c.name for c in bench.build_cases(args, bench.resolve_device("cpu"))]
+    assert names == [f"lstm peephole T100 B{b} I512 H512 fp32" for b in (64, 8, 1)]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--section", "variants", "--null"])
+
+
+def test_bench_variant_sides_agree():
+    """The four sides of a variant case hold the same weights: with the peepholes zeroed, all
+    four compute the plain LSTM; with them, the fused side leaves the plain one, and a side
+    that computes something else is refused before it is timed."""
+    import torch
+
+    from fused_rnn.bench import variants
+
+    case = bench.Case(cell="lstm", seq_len=4, batch=2, input_size=6, hidden=5, kind="variant", variant="peephole")
+    pair = bench.VariantPair(case, "cpu", n_sets=1)
+    pair.set_mode("fwd")
+
+    def outputs():
+        with torch.no_grad():
+            return {side: torch.cat([t.flatten() for t in bench.checks.flat_outputs(pair.forward(side, pair.sets[0]))])
+                    for side in variants.SIDES}
+
+    out = outputs()
+    assert not torch.allclose(out["fused"], out["plain"], atol=1e-4)
+    with torch.no_grad():
+        for side in ("fused", "torchscript", "python"):
+            for name, p in pair.modules[side].named_parameters():
+                if "weight_ch" in name:
+                    p.zero_()
+    out = outputs()
+    for side in ("torchscript", "python", "plain"):
+        torch.testing.assert_close(out[side], out["fused"], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        pair.modules["torchscript"].cell.weight_ch.fill_(0.5)
+    with pytest.raises(variants.SidesDisagree, match="TorchScript"):
+        pair.check("fwd")

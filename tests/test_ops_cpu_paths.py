@@ -123,7 +123,7 @@ def test_large_buffers_come_from_kept_blocks():
     backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
 
     def weight_grads():
-        grads = backward(*[torch.ones_like(o) for o in outs[:2]], *args[:-1], outs[-1], [True] * 9)
+        grads = backward(*[torch.ones_like(o) for o in outs[:2]], *args[:-1], outs[-1], [True] * 13)
         return grads[3], grads[4]
 
     fused_rnn.release_cpu_scratch()

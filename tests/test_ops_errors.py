@@ -119,7 +119,7 @@ def test_a_meta_tensor_among_cpu_ones_is_refused(which):
     """A meta tensor makes the dispatcher pick the fake kernel, which accepted it and returned
     meta outputs for a CPU call; it now checks devices as the C++ ops do."""
     case = make_case("gru", requires_grad=False)
-    args = [case.input, case.states[0], *case.weights]
+    args = [case.input, case.states[0], *case.weight_args()[0]]
     names = ["input", "h0", "weight_ih", "weight_hh", "bias_ih"]
     args[which] = args[which].to("meta")
     expected = "h0" if which == 0 else names[which]  # a meta input: the next tensor is off its device

@@ -99,7 +99,7 @@ def test_layer_of_one_step_runs_the_step_op(grad, packed):
     if packed:
         x, batch_sizes = x[0], torch.tensor([3])
     with _OpsCalled() as called:
-        functional.gru(x, case.states[0], *case.weights, batch_sizes=batch_sizes)
+        functional.gru(x, case.states[0], *case.weight_args()[0], batch_sizes=batch_sizes)
     assert "fused_rnn::gru_cell_forward" in called.names and "fused_rnn::gru_forward" not in called.names
 
 
@@ -195,4 +195,4 @@ def test_step_ops_refuse_bad_arguments(what, change, message):
     h, c, ws = torch.ops.fused_rnn.lstm_cell_forward(*args)
     a = change({"x": case.input, "g": h, "ws": ws})
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.fused_rnn.lstm_cell_backward(a["g"], c, a["x"], *args[1:-1], a["ws"], [True] * 9)
+        torch.ops.fused_rnn.lstm_cell_backward(a["g"], c, a["x"], *args[1:-1], a["ws"], [True] * 13)

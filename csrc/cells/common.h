@@ -24,6 +24,7 @@ template <>
 struct Math<float> {
   static FUSED_RNN_HD float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
   static FUSED_RNN_HD float tanh(float x) { return ::tanhf(x); }
+  static FUSED_RNN_HD float sqrt(float x) { return ::sqrtf(x); }
   // Written as "<= 0 gives 0" so that NaN passes through, as torch.relu and its backward
   // (threshold_backward: grad where not result <= 0) do: once NaN enters, it stays visible.
   static FUSED_RNN_HD float relu(float x) { return x <= 0.0f ? 0.0f : x; }
@@ -35,8 +36,35 @@ template <>
 struct Math<double> {
   static FUSED_RNN_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
   static FUSED_RNN_HD double tanh(double x) { return ::tanh(x); }
+  static FUSED_RNN_HD double sqrt(double x) { return ::sqrt(x); }
   static FUSED_RNN_HD double relu(double x) { return x <= 0.0 ? 0.0 : x; }
   static FUSED_RNN_HD double relu_grad(double y, double dy) { return y <= 0.0 ? 0.0 : dy; }
+};
+
+// Layer normalization inside a step (layer-normalized cells, cells/layer_norm.h): all null
+// for the others. Per-row scalars live in the workspace row (stride ForwardStep::ws_stride).
+template <class T>
+struct ForwardNorm {
+  const T* gamma_hh = nullptr;  // [G*H] γ_hh; set: a layer-normalized step, which first turns
+                                //   each row of h_gates into γ_hh * ĥ (ĥ: the row normalized)
+  T* h_hat = nullptr;           // [rows, G*H] where to keep ĥ for backward, or null
+  T* h_rstd = nullptr;          // [rows] where to keep 1/σ of each h_gates row, or null
+  const T* gamma_c = nullptr;   // LSTM: [H] γ_c and β_c: h' = o * tanh(γ_c * ĉ' + β_c)
+  const T* beta_c = nullptr;
+  T* c_stats = nullptr;  // LSTM: [rows, 2] where to keep mean and 1/σ of each c' row, or null
+};
+
+// Its backward: d_gates_h (dL/d(γ_hh ĥ + b_hh)) becomes d_h_raw (dL/d(h_prev W_hh^T)).
+template <class T>
+struct BackwardNorm {
+  const T* gamma_hh = nullptr;  // [G*H]; set: a layer-normalized step
+  const T* h_hat = nullptr;     // [rows, G*H] (stride ws_stride) ĥ, and [rows] its 1/σ
+  const T* h_rstd = nullptr;
+  T* d_h_raw = nullptr;  // [rows, G*H] (stride d_gates_stride)
+  const T* gamma_c = nullptr;
+  const T* beta_c = nullptr;
+  const T* c_stats = nullptr;  // LSTM: [rows, 2] (stride ws_stride) mean and 1/σ of c'
+  T* d_c_norm = nullptr;       // LSTM: [rows, H] dL/d(γ_c ĉ' + β_c), kept for γ_c's and β_c's gradients
 };
 
 // One forward step over `rows` rows of `hidden` units. Pointers are already offset to the
@@ -47,7 +75,7 @@ struct ForwardStep {
   const T* x_gates = nullptr;  // [rows, G*H] x W_ih^T (all steps projected up front)
   int64_t x_stride = 0;
   const T* bias_ih = nullptr;  // [G*H] or null
-  const T* h_gates = nullptr;  // [rows, G*H] h_prev W_hh^T (this step's GEMM); null where a
+  T* h_gates = nullptr;        // [rows, G*H] h_prev W_hh^T (this step's GEMM); null where a
                                //   cell that sums both paths has it added into x_gates
   int64_t h_stride = 0;
   const T* bias_hh = nullptr;   // [G*H] or null
@@ -61,6 +89,7 @@ struct ForwardStep {
   int64_t ws_stride = 0;
   T* h_prev_save = nullptr;  // [rows, H] (stride ws_stride): where to keep h_prev for
                              //   backward, read from h_state before the step overwrites it
+  ForwardNorm<T> norm;
 };
 
 // One backward step: the mirror image of ForwardStep.
@@ -80,6 +109,7 @@ struct BackwardStep {
   T* d_gates_x = nullptr;  // [rows, G*H] dL/d(pre-activation) along the input path
   T* d_gates_h = nullptr;  // GRU: [rows, G*H] along the hidden path (n differs by r)
   int64_t d_gates_stride = 0;
+  BackwardNorm<T> norm;
 };
 
 // Element `col` of a GEMM result row plus its bias (when there is one).

@@ -3,10 +3,12 @@
 //   c' = f * c + i * g      h' = o * tanh(c')
 // Peephole LSTM (Gers et al. 2002), with the weights w_ci|w_cf|w_co of ForwardStep::peephole:
 //   i = s(p_i + w_ci * c)   f = s(p_f + w_cf * c)   o = s(p_o + w_co * c')
+// Layer-normalized LSTM (layer_norm.h; p's two GEMM parts normalized before the cell):
+//   h' = o * tanh(LN(c'; γ_c) + β_c)
 // The only place these equations are written. Projection (h' W_hr^T) is a GEMM in the driver,
 // the peephole weights' gradients are sums over rows in the driver (kPeepholeGrads).
 #pragma once
-#include "common.h"
+#include "layer_norm.h"
 
 namespace fused_rnn {
 
@@ -27,6 +29,7 @@ struct LstmCell {
     int gate, state;
   };
   static constexpr PeepholeGrad kPeepholeGrads[3] = {{0, 4}, {1, 4}, {3, 5}};
+  static constexpr int kCellStateColumn = 5;  // c' in the workspace, in units of H
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
@@ -44,10 +47,14 @@ struct LstmCell {
     const V c = f * c_prev + i * g;
     if (a.peephole) p[3] = p[3] + io.load(a.peephole + 2 * H + j) * c;
     const V o = M::sigmoid(p[3]);
-    const V h = o * M::tanh(c);
     io.store(c_ptr, c);
-    io.store(a.h_out + b * a.h_out_stride + j, h);
-    if (a.h_state) io.store(a.h_state + b * a.h_state_stride + j, h);
+    if (a.norm.gamma_c) {  // h' needs the row's statistics of c': normalize_c_row; o waits in h_out
+      io.store(a.h_out + b * a.h_out_stride + j, o);
+    } else {
+      const V h = o * M::tanh(c);
+      io.store(a.h_out + b * a.h_out_stride + j, h);
+      if (a.h_state) io.store(a.h_state + b * a.h_state_stride + j, h);
+    }
     if (a.ws) {
       T* w = a.ws + b * a.ws_stride + j;
       io.store(w, i);
@@ -70,9 +77,16 @@ struct LstmCell {
     const V i = io.load(w), f = io.load(w + H), g = io.load(w + 2 * H), o = io.load(w + 3 * H);
     const V c_prev = io.load(w + 4 * H), c = io.load(w + 5 * H);
     T* dc_ptr = a.grad_c_state + b * H + j;
-    const V tc = M::tanh(c);
+    V tc, dc = io.load(dc_ptr);
+    if (a.norm.gamma_c) {  // normalize_c_row_backward has added the path through LN(c') to dc
+      const T* st = a.norm.c_stats + b * a.ws_stride;
+      const V c_hat = (c - V(static_cast<double>(st[0]))) * V(static_cast<double>(st[1]));
+      tc = M::tanh(c_hat * io.load(a.norm.gamma_c + j) + io.load(a.norm.beta_c + j));
+    } else {
+      tc = M::tanh(c);
+      dc = dc + dh * o * (one - tc * tc);
+    }
     const V d_o = dh * tc * o * (one - o);
-    V dc = io.load(dc_ptr) + dh * o * (one - tc * tc);
     if (a.peephole) dc = dc + d_o * io.load(a.peephole + 2 * H + j);  // o looks at c'
     const V d_i = dc * g * i * (one - i), d_f = dc * c_prev * f * (one - f);
     T* d = a.d_gates_x + b * a.d_gates_stride + j;
@@ -83,6 +97,58 @@ struct LstmCell {
     V dc_prev = dc * f;
     if (a.peephole) dc_prev = dc_prev + d_i * io.load(a.peephole + j) + d_f * io.load(a.peephole + H + j);
     io.store(dc_ptr, dc_prev);
+  }
+
+  // The end of a layer-normalized forward row (layer_norm.h's step_row): every unit's c' is
+  // in c_state and its o in h_out; h' = o * tanh(γ_c * ĉ' + β_c).
+  template <class V, class T, class Row>
+  static FUSED_RNN_HD void normalize_c_row(const ForwardStep<T>& a, int64_t b, const Row& row) {
+    using M = Math<V>;
+    const int64_t H = a.hidden;
+    const T* c = a.c_state + b * H;
+    T* h = a.h_out + b * a.h_out_stride;
+    const auto st = row_stats<V>(row, c, H);
+    row.for_each(H, [&](int64_t j, const auto& io) {
+      const V c_hat = (io.load(c + j) - V(st.mean)) * V(st.rstd);
+      const V out = io.load(h + j) * M::tanh(c_hat * io.load(a.norm.gamma_c + j) + io.load(a.norm.beta_c + j));
+      io.store(h + j, out);
+      if (a.h_state) io.store(a.h_state + b * a.h_state_stride + j, out);
+    });
+    if (a.norm.c_stats && row.leader()) {
+      a.norm.c_stats[b * a.ws_stride] = static_cast<T>(st.mean);
+      a.norm.c_stats[b * a.ws_stride + 1] = static_cast<T>(st.rstd);
+    }
+  }
+
+  // The start of its backward row: dL/dy for y = γ_c * ĉ' + β_c (kept in d_c_norm), and the
+  // path through ĉ' to c' added to grad_c_state: (g - mean(g) - ĉ' mean(g ĉ')) / σ, g = γ_c dL/dy.
+  template <class V, class T, class Row>
+  static FUSED_RNN_HD void normalize_c_row_backward(const BackwardStep<T>& a, int64_t b, const Row& row) {
+    using M = Math<V>;
+    using S = typename Row::Scalar;
+    const int64_t H = a.hidden;
+    const T* w = a.ws + b * a.ws_stride;
+    const T* st = a.norm.c_stats + b * a.ws_stride;
+    const S mean = static_cast<S>(st[0]), rstd = static_cast<S>(st[1]);
+    T* dy_row = a.norm.d_c_norm + b * H;
+    V sum_g(0), sum_gc(0);
+    row.for_each(H, [&](int64_t j, const auto& io) {
+      V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
+      if (a.grad_h_state) dh = dh + io.load(a.grad_h_state + b * a.grad_h_state_stride + j);
+      const V c_hat = (io.load(w + 5 * H + j) - V(mean)) * V(rstd), gamma = io.load(a.norm.gamma_c + j);
+      const V th = M::tanh(c_hat * gamma + io.load(a.norm.beta_c + j));
+      const V dy = dh * io.load(w + 3 * H + j) * (V(S(1)) - th * th);
+      io.store(dy_row + j, dy);
+      sum_g = sum_g + row.masked(io, dy * gamma);
+      sum_gc = sum_gc + row.masked(io, dy * gamma * c_hat);
+    });
+    const S mean_g = row.sum(sum_g) / S(H), mean_gc = row.sum(sum_gc) / S(H);
+    T* dc = a.grad_c_state + b * H;
+    row.for_each(H, [&](int64_t j, const auto& io) {
+      const V c_hat = (io.load(w + 5 * H + j) - V(mean)) * V(rstd);
+      const V g = io.load(dy_row + j) * io.load(a.norm.gamma_c + j);
+      io.store(dc + j, io.load(dc + j) + (g - V(mean_g) - c_hat * V(mean_gc)) * V(rstd));
+    });
   }
 };
 

@@ -26,4 +26,14 @@ cudaError_t launch_forward_step(const ForwardStep<T>& step, cudaStream_t stream)
 template <class Cell, class T>
 cudaError_t launch_backward_step(const BackwardStep<T>& step, cudaStream_t stream);
 
+// The layer normalization of every row of v [rows, width] (row stride `stride`) in place to
+// gamma * v̂, keeping v̂ and 1/σ (row stride hat_stride) where v_hat / rstd are set; and the
+// gradient of it in place in d. One warp per row (cells/layer_norm.h). T as above.
+template <class T>
+cudaError_t launch_normalize_rows(T* v, int64_t rows, int64_t width, int64_t stride, const T* gamma, T* v_hat, T* rstd,
+                                  int64_t hat_stride, cudaStream_t stream);
+template <class T>
+cudaError_t launch_normalize_rows_backward(T* d, int64_t rows, int64_t width, int64_t stride, const T* gamma,
+                                           const T* v_hat, const T* rstd, int64_t hat_stride, cudaStream_t stream);
+
 }  // namespace fused_rnn

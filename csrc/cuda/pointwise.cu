@@ -15,6 +15,7 @@
 #include <initializer_list>
 
 #include "../cells/gru.h"
+#include "../cells/layer_norm.h"
 #include "../cells/lstm.h"
 #include "../cells/rnn.h"
 #include "lanes.cuh"
@@ -169,12 +170,85 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const Args a) {
   }
 }
 
-// Shared by both launchers: size check, empty step, vector or scalar kernel, launch status.
+// The Row policy of cells/layer_norm.h on CUDA: one warp per row, lane l owning units
+// l, l + 32, ...; sums by warp shuffles. Members are host-device only so that the cells'
+// host-device row functions may call them; they run on the device only.
+template <class T>
+struct WarpRow {
+  using IO = ScalarIO<T>;
+  using V = typename IO::V;
+  using Scalar = V;
+  int lane;
+
+  template <class F>
+  FUSED_RNN_HD void for_each(int64_t width, F&& f) const {
+    for (int64_t j = lane; j < width; j += 32) f(j, IO{});
+  }
+  FUSED_RNN_HD V masked(const IO&, V v) const { return v; }
+  FUSED_RNN_HD Scalar sum(Scalar v) const {
+#if defined(__CUDA_ARCH__)
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+#endif
+    return v;
+  }
+  FUSED_RNN_HD bool leader() const { return lane == 0; }
+  FUSED_RNN_HD void sync() const {
+#if defined(__CUDA_ARCH__)
+    __syncwarp();
+#endif
+  }
+};
+
+constexpr unsigned kRowWarps = 8;  // rows per block of a row kernel, a warp each
+
+inline dim3 row_grid(int64_t rows) {
+  const int64_t blocks = (rows + kRowWarps - 1) / kRowWarps;
+  return dim3(static_cast<unsigned>(blocks < kMaxGridDim ? blocks : kMaxGridDim), 1, 1);
+}
+
+// The rows of a layer-normalized step, a warp each, grid-stride (every lane of a warp takes
+// the same rows, so the shuffles see the whole warp).
+template <class Cell, class T, class Args>
+__global__ void __launch_bounds__(32 * kRowWarps) step_row_kernel(const Args a) {
+  const WarpRow<T> row{static_cast<int>(threadIdx.x)};
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; b < a.rows; b += stride) {
+    step_row<Cell, typename WarpRow<T>::V>(a, b, row);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(32 * kRowWarps)
+    normalize_rows_kernel(T* v, int64_t rows, int64_t width, int64_t stride, const T* gamma, T* v_hat, T* rstd,
+                          int64_t hat_stride) {
+  const WarpRow<T> row{static_cast<int>(threadIdx.x)};
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.y;
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; b < rows; b += step) {
+    normalize_row<typename WarpRow<T>::V>(row, v + b * stride, width, gamma, v_hat ? v_hat + b * hat_stride : nullptr,
+                                          rstd ? rstd + b * hat_stride : nullptr);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(32 * kRowWarps)
+    normalize_rows_backward_kernel(T* d, int64_t rows, int64_t width, int64_t stride, const T* gamma, const T* v_hat,
+                                   const T* rstd, int64_t hat_stride) {
+  const WarpRow<T> row{static_cast<int>(threadIdx.x)};
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.y;
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; b < rows; b += step) {
+    normalize_row_backward<typename WarpRow<T>::V>(row, d + b * stride, width, gamma, v_hat + b * hat_stride,
+                                                   rstd + b * hat_stride, d + b * stride);
+  }
+}
+
+// Shared by both launchers: size check, empty step, row, vector or scalar kernel, launch status.
 template <class Cell, class T, class Args>
 cudaError_t launch_step(const Args& a, cudaStream_t stream) {
   if (a.rows < 0 || a.hidden < 0) return cudaErrorInvalidValue;
   if (a.rows == 0 || a.hidden == 0) return cudaSuccess;
-  if (vector_aligned(a)) {
+  if (a.norm.gamma_hh) {
+    step_row_kernel<Cell, T, Args><<<row_grid(a.rows), dim3(32, kRowWarps, 1), 0, stream>>>(a);
+  } else if (vector_aligned(a)) {
     const StepLaunch l = step_launch(a.rows, a.hidden / VectorIO<T>::kLanes);
     step_kernel<Cell, T, Args, VectorIO<T>><<<l.grid, l.block, 0, stream>>>(a);
   } else {
@@ -195,6 +269,37 @@ template <class Cell, class T>
 cudaError_t launch_backward_step(const BackwardStep<T>& step, cudaStream_t stream) {
   return launch_step<Cell, T>(step, stream);
 }
+
+template <class T>
+cudaError_t launch_normalize_rows(T* v, int64_t rows, int64_t width, int64_t stride, const T* gamma, T* v_hat, T* rstd,
+                                  int64_t hat_stride, cudaStream_t stream) {
+  if (rows < 0 || width < 0) return cudaErrorInvalidValue;
+  if (rows == 0 || width == 0) return cudaSuccess;
+  normalize_rows_kernel<T>
+      <<<row_grid(rows), dim3(32, kRowWarps, 1), 0, stream>>>(v, rows, width, stride, gamma, v_hat, rstd, hat_stride);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_normalize_rows_backward(T* d, int64_t rows, int64_t width, int64_t stride, const T* gamma,
+                                           const T* v_hat, const T* rstd, int64_t hat_stride, cudaStream_t stream) {
+  if (rows < 0 || width < 0) return cudaErrorInvalidValue;
+  if (rows == 0 || width == 0) return cudaSuccess;
+  normalize_rows_backward_kernel<T>
+      <<<row_grid(rows), dim3(32, kRowWarps, 1), 0, stream>>>(d, rows, width, stride, gamma, v_hat, rstd, hat_stride);
+  return cudaGetLastError();
+}
+
+#define FUSED_RNN_INSTANTIATE_NORMALIZE(T)                                                                            \
+  template cudaError_t launch_normalize_rows<T>(T*, int64_t, int64_t, int64_t, const T*, T*, T*, int64_t,             \
+                                                cudaStream_t);                                                        \
+  template cudaError_t launch_normalize_rows_backward<T>(T*, int64_t, int64_t, int64_t, const T*, const T*, const T*, \
+                                                         int64_t, cudaStream_t);
+
+FUSED_RNN_INSTANTIATE_NORMALIZE(float)
+FUSED_RNN_INSTANTIATE_NORMALIZE(double)
+FUSED_RNN_INSTANTIATE_NORMALIZE(__half)
+FUSED_RNN_INSTANTIATE_NORMALIZE(__nv_bfloat16)
 
 #define FUSED_RNN_INSTANTIATE_STEP(Cell, T)                                               \
   template cudaError_t launch_forward_step<Cell, T>(const ForwardStep<T>&, cudaStream_t); \

@@ -24,8 +24,13 @@ everywhere: the bytes autograd saves for backward).
 Output: a table on stdout, a JSON file (environment + rows), a PNG plot of the ratio against
 batch size and a Markdown copy of the table, see ``--out``.
 
+The variants section (``--section variants``) times each variant of fused_rnn's modules
+(``LSTM(peephole=True)``) against the same equations as a TorchScript cell loop and a plain
+Python loop, and against fused_rnn's plain module of the same shape: four sides, three ratios.
+
 Modules: ``cases`` (the sweeps, ``Case``, ``build_cases``), ``pairing`` (``Pair``: both
-modules and the input sets), ``checks`` (rel diff, saved bytes, torch.nn's backend),
+modules and the input sets), ``decoder`` and ``variants`` (the decoder and variants
+sections' pairs and models), ``checks`` (rel diff, saved bytes, torch.nn's backend),
 ``timing`` (``measure``, ``run_case``, ``run``), ``tf32``, ``environment``, ``report``
 (table, summary, files), ``plotting`` and ``cli`` (``parse_args``, ``main``).
 """
@@ -47,10 +52,11 @@ from .plotting import plot
 from .report import FORMAT, summary, table
 from .tf32 import set_tf32
 from .timing import measure, run, run_case
+from .variants import VARIANTS, VariantPair
 
 __all__ = [
     "CELLS", "FORMAT", "MODES", "MODE_LABEL", "SHORT_BATCHES", "STANDARD", "SUSPECT_REL_DIFF",
-    "Case", "Pair", "build_cases", "environment", "fused_classes", "main", "measure",
+    "VARIANTS", "Case", "Pair", "VariantPair", "build_cases", "environment", "fused_classes", "main", "measure",
     "packed_lengths", "parse_args", "plot", "resolve_device", "run", "run_case", "set_tf32",
     "summary", "table", "timing_from_args", "torch_classes",
 ]

@@ -5,6 +5,7 @@ import itertools
 import random
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -49,6 +50,12 @@ DECODER_SHAPE = {"batch": 32, "seq_len": 20, "input_size": 128, "hidden": 256}
 QUICK_DECODER_SHAPE = {"batch": 2, "seq_len": 4, "input_size": 8, "hidden": 16}
 DECODER_STYLES = ("luong-feed", "bahdanau")
 DECODER_TASKS = (None, "greedy", "beam5")
+# The variants section (--section variants): each variant of fused_rnn (bench/variants.py) at
+# the standard shape, B 64 and 8 (where the issue sets its targets) and 1, one layer.
+VARIANT_SHAPE = {"seq_len": 100, "hidden": 512, "dtype": "fp32"}  # I = H
+VARIANT_BATCHES = (64, 8, 1)
+QUICK_VARIANT_SHAPE = {"seq_len": 6, "hidden": 16, "dtype": "fp32"}
+QUICK_VARIANT_BATCHES = (3, 1)
 PACKED_MIN_FRACTION = 0.3  # packed lengths drawn in [0.3 T, T]: 30..100 for T = 100
 
 _TF32 = {"off": [False], "on": [True], "both": [False, True]}
@@ -69,9 +76,10 @@ class Case:
     dtype: str = "fp32"
     tf32: bool | None = None
     autocast: str | None = None
-    kind: str = "layer"  # "cell": one step of the cell module; "decoder": a seq2seq model
+    kind: str = "layer"  # "cell": one step of the cell module; "decoder": a seq2seq model; "variant": variants.py
     style: str | None = None  # decoder: "luong-feed" (Luong with input feeding) or "bahdanau"
     decode: str | None = None  # decoder: "greedy" or "beam5" (timed as fwd); None: a training step
+    variant: str | None = None  # variant: its name in variants.py's VARIANTS ("peephole"), one layer
 
     def tokens(self, with_batch=True):
         if self.kind == "decoder":
@@ -80,10 +88,10 @@ class Case:
         if self.kind == "cell":
             t = [f"{self.cell}cell"] + ([f"B{self.batch}"] if with_batch else [])
             return t + [f"I{self.input_size}", f"H{self.hidden}", self.dtype]
-        t = [self.cell, f"T{self.seq_len}"]
+        t = [self.cell] + ([self.variant] if self.kind == "variant" else []) + [f"T{self.seq_len}"]
         if with_batch:
             t.append(f"B{self.batch}")
-        t += [f"I{self.input_size}", f"H{self.hidden}", f"L{self.layers}"]
+        t += [f"I{self.input_size}", f"H{self.hidden}"] + ([] if self.kind == "variant" else [f"L{self.layers}"])
         if self.bidirectional:
             t.append("bi")
         if self.packed:
@@ -166,10 +174,24 @@ def _decoder_cases(args):
             for style in DECODER_STYLES for task in DECODER_TASKS]
 
 
+def _variant_cases(args, device):
+    """The variants section: each variant of the selected cells over its batches, at its shape
+    (-B -T -H -I --dtype replace those axes)."""
+    from .variants import VARIANTS  # imported here: variants.py builds on pairing.py, which imports this
+
+    shape, batches = ((QUICK_VARIANT_SHAPE, QUICK_VARIANT_BATCHES) if args.quick
+                      else (VARIANT_SHAPE, VARIANT_BATCHES))
+    grid = {k: getattr(args, k) or [v] for k, v in shape.items()}
+    grid.update(batch=args.batch or list(batches), input_size=args.input_size or [None])  # None: I = H
+    return [c for v in VARIANTS if v.cell in args.cells
+            for c in _grid_cases(v.cell, {**grid, "kind": ["variant"], "variant": [v.name]}, args.tf32, device)]
+
+
 def build_cases(args, device):
     """The list of cases picked by the parsed options, in run order."""
-    if args.section in ("cells", "decoder"):
-        cases = _cell_cases(args) if args.section == "cells" else _decoder_cases(args)
+    sections = {"cells": _cell_cases, "decoder": _decoder_cases, "variants": partial(_variant_cases, device=device)}
+    if args.section in sections:
+        cases = sections[args.section](args)
         pattern = re.compile(args.filter) if args.filter else None
         return [c for c in cases if pattern is None or pattern.search(c.name)]
     base, batches, variants = _sweep(args)

@@ -13,7 +13,7 @@ from .cases import CELLS, DTYPE_NAME, DTYPES, MODES, SHORT_BATCHES, build_cases
 from .environment import device_slug, environment, repo_root
 from .pairing import fused_classes, torch_classes
 from .plotting import require_matplotlib
-from .report import ResultFiles, legend_text, print_report
+from .report import VARIANTS_CONFIG, ResultFiles, legend_text, print_report
 from .timing import TIMING_DEFAULTS, run
 
 
@@ -48,12 +48,15 @@ def _yes_no_both(text):
 
 
 def _what_to_run(g):
-    g.add_argument("--section", choices=("layers", "cells", "decoder"), default="layers",
+    g.add_argument("--section", choices=("layers", "cells", "decoder", "variants"), default="layers",
                    help="layers: the modules over sequences (the sweeps below); cells: one step "
                         "of LSTMCell/GRUCell/RNNCell, fp64 B97 H51 (time_sequence_prediction), "
                         "fp32 B1 H256 and B64 H512, timed per call; decoder: a seq2seq model on "
                         "fused_rnn against the same model on torch.nn's modules (Luong with input "
-                        "feeding, Bahdanau): training step, greedy and beam-5 decoding")
+                        "feeding, Bahdanau): training step, greedy and beam-5 decoding; variants: "
+                        "each variant (LSTM(peephole=True)) against the same equations as a "
+                        "TorchScript cell loop and a plain Python loop, and against our plain "
+                        "module of the same shape, T100 I=H=512 fp32, B 64/8/1, one layer")
     g.add_argument("--sweep", choices=("standard", "short", "full"), default="short",
                    help="standard: T100 B64 I=H=512 L1 fp32 only; short: that with "
                         f"B in {list(SHORT_BATCHES)}; full: the docs/DESIGN.md §5 grid "
@@ -128,6 +131,13 @@ def parse_args(argv=None):
     _timing(p.add_argument_group("timing (defaults depend on the device; see bench/README.md)"))
     _output(p.add_argument_group("output"))
     args = p.parse_args(argv)
+    if args.section == "variants":
+        unused = [name for name, given in (("--null", args.null), ("--autocast", args.autocast != "off"),
+                                           ("-L", args.layers), ("--bidirectional", args.bidirectional),
+                                           ("--packed", args.packed)) if given]
+        if unused:
+            p.error(f"--section variants times one unidirectional layer on padded input against "
+                    f"TorchScript and Python loops: {', '.join(unused)} does not apply")
     if args.autocast != "off" and args.dtype not in (None, ["fp32"]):
         p.error(f"--autocast {args.autocast} runs float32 modules and inputs under "
                 f"torch.autocast: it takes --dtype fp32 (the default), not --dtype "
@@ -150,8 +160,7 @@ def resolve_device(name):
 
 def timing_from_args(args, device):
     """(warmup, min_repeats, max_repeats, budget_s): the options over the device's defaults."""
-    key = "quick" if args.quick else f"{device.type}-cells" if args.section == "cells" else device.type
-    key = f"{device.type}-decoder" if args.section == "decoder" and not args.quick else key
+    key = "quick" if args.quick else device.type if args.section == "layers" else f"{device.type}-{args.section}"
     warmup, min_repeats, max_repeats, budget = TIMING_DEFAULTS.get(key, TIMING_DEFAULTS["cpu"])
     warmup = args.warmup if args.warmup is not None else warmup
     min_repeats = args.min_repeats if args.min_repeats is not None else min_repeats
@@ -177,16 +186,17 @@ def default_out(env, args):
 
 
 def _run_config(args, device, timing):
-    return {"section": args.section, "sweep": "quick" if args.quick else args.sweep, "modes": args.modes,
-            "tf32": args.tf32 if device.type == "cuda" else None, "autocast": args.autocast,
-            "timing": dict(zip(("warmup", "min_repeats", "max_repeats", "budget_s"), timing)),
-            "input_sets": args.input_sets, "seed": args.seed,
-            "rel_diff": "||fused - torch.nn||_2 / ||torch.nn||_2 in float64, max over outputs "
-                        "(fwd) and outputs + all gradients (fwdbwd)",
-            "ratio": "torch.nn median ms / fused median ms",
-            "memory": "cuda: max_memory_allocated during one fwd+bwd minus memory_allocated "
-                      "before it; *_saved_bytes (all devices): unique storages saved by "
-                      "autograd (saved_tensors_hooks), parameters and inputs excluded"}
+    config = {"section": args.section, "sweep": "quick" if args.quick else args.sweep, "modes": args.modes,
+              "tf32": args.tf32 if device.type == "cuda" else None, "autocast": args.autocast,
+              "timing": dict(zip(("warmup", "min_repeats", "max_repeats", "budget_s"), timing)),
+              "input_sets": args.input_sets, "seed": args.seed,
+              "rel_diff": "||fused - torch.nn||_2 / ||torch.nn||_2 in float64, max over outputs "
+                          "(fwd) and outputs + all gradients (fwdbwd)",
+              "ratio": "torch.nn median ms / fused median ms",
+              "memory": "cuda: max_memory_allocated during one fwd+bwd minus memory_allocated "
+                        "before it; *_saved_bytes (all devices): unique storages saved by "
+                        "autograd (saved_tensors_hooks), parameters and inputs excluded"}
+    return config if args.section != "variants" else {**config, **VARIANTS_CONFIG}
 
 
 def _plot_wanted(args):
@@ -202,8 +212,9 @@ def _plot_wanted(args):
 
 
 def _announce(cases, args, env, device, label):
+    against = "TorchScript and Python loops, plain module" if args.section == "variants" else "torch.nn"
     print(f"{len(cases)} case(s) x {len(args.modes)} mode(s) on {env['device_name']} "
-          f"({device}); {label} vs torch.nn", file=sys.stderr)
+          f"({device}); {label} vs {against}", file=sys.stderr)
     load = env["loadavg_at_start"]
     if load and load[0] > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load[0]} on {os.cpu_count()} CPUs: other work is running "
@@ -255,7 +266,7 @@ def _main(args, argv):
     files = ResultFiles(out, env, _run_config(args, device, timing)) if out else None
     _announce(cases, args, env, device, label)
     rows, interrupted = _measure(cases, device, timing, args, candidate, files)
-    legend = legend_text(env, timing, label, autocast=args.autocast)
+    legend = legend_text(env, timing, label, autocast=args.autocast, section=args.section)
     summ = print_report(rows, legend)
     if files:
         files.finish(rows, not interrupted, legend, label, with_plot)

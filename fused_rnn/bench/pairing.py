@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .cases import DTYPES, packed_lengths
-from .checks import backend_of, compare_forward, compare_training, flat_outputs, probe_torch
+from .checks import SIDES, backend_of, compare_forward, compare_training, flat_outputs, probe_torch
 
 MAX_INPUT_SETS = 16
 
@@ -88,6 +88,9 @@ class Pair:
 
     ``candidate`` maps cell -> module class for the fused side (default: fused_rnn's).
     """
+
+    sides = SIDES  # the modules the timing loop times, in the rows' order
+    ratios = {"ratio": ("torch", "fused")}  # row key -> (numerator, denominator) side of the medians
 
     def __init__(self, case, device, candidate=None, n_sets=None, seed=0):
         self.case, self.device = case, torch.device(device)

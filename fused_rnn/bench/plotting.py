@@ -1,4 +1,5 @@
-"""The PNG: ratio against batch size, one line per series (a case minus B), one panel per mode.
+"""The PNG: ratio against batch size, one line per series (a case minus B), one panel per mode;
+in the variants section one line per series and ratio (TS/fused, Py/fused, fused/plain).
 
 matplotlib is an optional extra (``pip install 'fused_rnn[bench]'``), imported only here.
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 import math
 
 from .cases import MODE_LABEL, MODES
+from .variants import RATIO_LABEL
 
 MISSING_MATPLOTLIB = "fused_rnn bench needs matplotlib: pip install 'fused_rnn[bench]'"
 # Colour = cell; line style and marker = the rest of the series name (the variant).
 COLORS = {"lstm": "tab:blue", "gru": "tab:orange", "rnn": "tab:green"}
 STYLES = ["-", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2, 2, 2))]
 MARKERS = "osD^v<>ph*"
+RATIO_COLORS = {"torchscript_over_fused": "tab:red", "python_over_fused": "tab:purple",
+                "fused_over_plain": "tab:gray"}
 
 
 def require_matplotlib():
@@ -37,16 +41,20 @@ def _ratio_ticks(ratios):
     return [2.0 ** k for k in range(k_lo, k_hi + step, step)]
 
 
-def _draw(ax, ok, mode, labels, variant_of):
-    """One line per series; ``variant_of`` gives a variant the same style in every panel."""
+def _draw(ax, ok, mode, labels, variant_of, key="ratio"):
+    """One line per series; ``variant_of`` gives a variant the same style in every panel. A
+    ratio other than "ratio" (the variants section) is coloured and labelled by its name."""
     for s, label in labels.items():
-        pts = sorted((r["batch"], r["ratio"]) for r in ok if r["series"] == s
-                     and r["mode"] == mode)
+        pts = sorted((r["batch"], r[key]) for r in ok if r["series"] == s
+                     and r["mode"] == mode and r.get(key))
         if not pts:
             continue
         cell, *variant = s.split()
         k = variant_of.setdefault(" ".join(variant), len(variant_of))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=COLORS.get(cell, "k"),
+        color = COLORS.get(cell, "k") if key == "ratio" else RATIO_COLORS.get(key, "k")
+        if key != "ratio":
+            label = RATIO_LABEL[key] + (f" {label}" if len(labels) > 1 else "")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color,
                 linestyle=STYLES[k % len(STYLES)], marker=MARKERS[k % len(MARKERS)],
                 markersize=4, label=label)
 
@@ -79,20 +87,25 @@ def plot(rows, path, env, candidate_label="fused_rnn"):
     modes = [m for m in MODES if any(r["mode"] == m for r in ok)]
     if not modes:
         return None
+    variants = any(r.get("kind") == "variant" for r in ok)
+    keys = list(RATIO_LABEL) if variants else ["ratio"]
     labels, common = _labels(list(dict.fromkeys(r["series"] for r in ok)))
     fig = Figure(figsize=(6.5 * len(modes) + 2.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself to the figure: savefig without pyplot's state
     axes = fig.subplots(1, len(modes), squeeze=False)[0]
-    ticks = _ratio_ticks([r["ratio"] for r in ok])
+    ticks = _ratio_ticks([r[k] for r in ok for k in keys if r.get(k)])
     batches = sorted({r["batch"] for r in ok})
     variant_of = {}
+    ylabel = "time ratio" if variants else f"torch.nn time / {candidate_label} time"
+    reading = "fused faster; in fused/plain: the variant slower" if variants else f"{candidate_label} faster"
     for ax, mode in zip(axes, modes):
-        _draw(ax, ok, mode, labels, variant_of)
-        _style(ax, batches, ticks, MODE_LABEL[mode], f"torch.nn time / {candidate_label} time")
+        for key in keys:
+            _draw(ax, ok, mode, labels, variant_of, key)
+        _style(ax, batches, ticks, MODE_LABEL[mode], ylabel)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside right upper", fontsize="small")
     fig.suptitle(f"{' '.join(t for t in common if not t.startswith('B'))}  on "
                  f"{env['device_name']} ({env['device']}, {env['threads']} threads), "
-                 f"torch {env['torch']}  (> 1: {candidate_label} faster)", fontsize="medium")
+                 f"torch {env['torch']}  (> 1: {reading})", fontsize="medium")
     fig.savefig(path, dpi=110)
     return path

@@ -1,5 +1,6 @@
 """What a run reports: the progress lines, the table (plain and Markdown), the summary, the
-legend, and the files (JSON, Markdown, plot)."""
+legend, and the files (JSON, Markdown, plot). The variants section's rows have four sides and
+three ratios (bench/variants.py): their own columns, summary and legend."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,28 @@ import time
 
 from .cases import MODE_LABEL, MODES, STANDARD
 from .environment import loadavg
+from .variants import RATIO_LABEL, RATIOS, SIDE_LABEL, SIDES, TARGET_BATCHES, TARGET_MODE, TARGETS
 
 FORMAT = "fused_rnn-bench/1"
 HEAD = ["case", "mode", "torch.nn via", "torch.nn ms", "fused_rnn ms", "ratio", "rel diff",
         "torch.nn MiB", "fused_rnn MiB"]
+VARIANT_HEAD = (["case", "mode"] + [f"{SIDE_LABEL[s]} ms" for s in SIDES] + list(RATIO_LABEL.values())
+                + ["rel diff"])
+_TARGETS_TEXT = (f"{MODE_LABEL[TARGET_MODE]} at T100 I=H=512 fp32, B {' and '.join(map(str, TARGET_BATCHES))}: "
+                 + ", ".join(f"{RATIO_LABEL[k]} {op} {bound:g}" for k, (op, bound) in TARGETS.items()))
+_MET = {True: "met", False: "NOT met", None: "-"}
+# The variants section's definitions in the JSON's config (in place of torch.nn's).
+VARIANTS_CONFIG = {
+    "sides": "fused: fused_rnn with the variant; torchscript: torch.jit.script of a loop over time calling a "
+             "cell (benchmarks/fastrnns/custom_lstms.py style); python: that loop in eager Python over an "
+             "nn.Module cell; plain: fused_rnn without the variant (same shape, the same torch.nn weights)",
+    "rel_diff": "||side - python||_2 / ||python||_2 in float64 for side = fused and torchscript "
+                "(rel_diff_<side>), max over outputs (fwd) and outputs + all gradients (fwdbwd); above "
+                "the dtype's tolerance the mode is an error and is not timed. plain is not compared",
+    "ratio": "= torchscript_over_fused: the headline ratio, under the other sections' key",
+    "ratios": {k: f"{a} median ms / {b} median ms" for k, (a, b) in RATIOS.items()},
+    "targets": f"reported, never asserted: {_TARGETS_TEXT}",
+}
 
 
 def _fmt(v, spec):
@@ -33,11 +52,19 @@ def _unmeasured(row):
     return None if key is None else f"{key}: {row[key]}"
 
 
+def _is_variant(row):
+    return row.get("kind") == "variant"
+
+
 def progress_line(row):
     head = f"{row['case']:<40} {MODE_LABEL[row['mode']]:<8} "
     note = _unmeasured(row)
     if note:
         return head + note
+    if _is_variant(row):
+        return head + "  ".join([f"{SIDE_LABEL[s]} {row[f'{s}_ms']:.3f} ms" for s in SIDES]
+                                + [f"{RATIO_LABEL[k]} {_fmt(row.get(k), '.2f')}" for k in RATIOS]
+                                + [f"rel.diff {_fmt(row.get('rel_diff'), '.1e')}"])
     return head + (f"torch.nn {row['torch_ms']:9.3f} ms  fused {row['fused_ms']:9.3f} ms  "
                    f"ratio {_fmt(row.get('ratio'), '.2f')}  rel.diff "
                    f"{_fmt(row.get('rel_diff'), '.1e')}")
@@ -58,49 +85,84 @@ def _cells(r):
                 [r["dtype_mismatch"]] if "dtype_mismatch" in r else [])
 
 
-def _markdown(body):
-    n = len(HEAD)
-    lines = ["| " + " | ".join(HEAD) + " |",
-             "|" + "|".join(["---"] * 3 + ["---:"] * (n - 3)) + "|"]
+def _variant_cells(r):
+    """A variants row's cells (VARIANT_HEAD), with the same extra cell as _cells."""
+    head = [r["case"], MODE_LABEL[r["mode"]]]
+    note = _unmeasured(r)
+    if note:
+        return head + ["-"] * (len(VARIANT_HEAD) - 2) + [note[:160]]
+    flag = " !" if r.get("suspect") else ""
+    return (head + [f"{r[f'{s}_ms']:.3f}" for s in SIDES] + [_fmt(r.get(k), ".2f") for k in RATIOS]
+            + [_fmt(r.get("rel_diff"), ".1e") + flag] + ([r["dtype_mismatch"]] if "dtype_mismatch" in r else []))
+
+
+def _markdown(body, head, n_text):
+    n = len(head)
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * n_text + ["---:"] * (n - n_text)) + "|"]
     lines += ["| " + " | ".join(b[:n]) + (f" {b[-1]}" if len(b) > n else "") + " |"
               for b in body]
     return "\n".join(lines)
 
 
-def _aligned(body):
-    """Text columns left-aligned, numbers right-aligned."""
-    n = len(HEAD)
-    widths = [max(len(HEAD[i]), *(len(b[i]) for b in body)) if body else len(HEAD[i])
+def _aligned(body, head, n_text):
+    """Text columns (the first n_text) left-aligned, numbers right-aligned."""
+    n = len(head)
+    widths = [max(len(head[i]), *(len(b[i]) for b in body)) if body else len(head[i])
               for i in range(n)]
 
     def line(cells):
-        out = [c.ljust(w) for c, w in zip(cells[:3], widths)]
-        out += [c.rjust(w) for c, w in zip(cells[3:n], widths[3:])]
+        out = [c.ljust(w) for c, w in zip(cells[:n_text], widths)]
+        out += [c.rjust(w) for c, w in zip(cells[n_text:n], widths[n_text:])]
         text = "  ".join(out)
         return text + ("  " + cells[-1] if len(cells) > n else "")
-    return "\n".join([line(HEAD), "  ".join("-" * w for w in widths)] + [line(b) for b in body])
+    return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(b) for b in body])
 
 
 def table(rows, markdown=False):
-    body = [_cells(r) for r in rows]
-    return _markdown(body) if markdown else _aligned(body)
+    variants = any(map(_is_variant, rows))
+    head, cells, n_text = (VARIANT_HEAD, _variant_cells, 2) if variants else (HEAD, _cells, 3)
+    body = [cells(r) for r in rows]
+    return _markdown(body, head, n_text) if markdown else _aligned(body, head, n_text)
 
 
-def _is_standard(r):
-    std = {k: v for k, v in STANDARD.items() if k != "input_size"}
-    return (all(r.get(k) == v for k, v in std.items())
+def _is_standard(r, batches=(STANDARD["batch"],)):
+    """The standard case (T100 B64 I=H=512 L1 fp32), or its shape at any of ``batches``."""
+    std = {k: v for k, v in STANDARD.items() if k not in ("input_size", "batch")}
+    return (all(r.get(k) == v for k, v in std.items()) and r.get("batch") in batches
             and r.get("input_size") == STANDARD["hidden"] and not r.get("tf32"))
+
+
+def _targets(rows):
+    """Each variant's targets where the issue sets them (reported, never asserted): the ratio,
+    the bound, and whether it is met."""
+    out = []
+    for r in rows:
+        if _is_variant(r) and r["mode"] == TARGET_MODE and _is_standard(r, TARGET_BATCHES):
+            entry = {"case": r["case"], "mode": r["mode"]}
+            for key, (op, bound) in TARGETS.items():
+                v = r.get(key)
+                entry[key] = {"value": v, "target": f"{op} {bound:g}",
+                              "met": None if v is None else (v >= bound if op == ">=" else v <= bound)}
+            out.append(entry)
+    return out
 
 
 def summary(rows):
     out = {}
+    variants = any(map(_is_variant, rows))
+    keys = list(RATIOS) if variants else ["ratio"]
     for mode in MODES:
-        ratios = [r["ratio"] for r in rows if r["mode"] == mode and r.get("ratio")]
-        if ratios:
-            out[mode] = {"geomean_ratio": math.exp(sum(map(math.log, ratios)) / len(ratios)),
-                         "min_ratio": min(ratios), "max_ratio": max(ratios), "n": len(ratios)}
+        for key in keys:
+            ratios = [r[key] for r in rows if r["mode"] == mode and r.get(key)]
+            if ratios:
+                out.setdefault(mode, {}).update({
+                    f"geomean_{key}": math.exp(sum(map(math.log, ratios)) / len(ratios)),
+                    f"min_{key}": min(ratios), f"max_{key}": max(ratios), "n": len(ratios)})
+    if variants:
+        out["targets"] = _targets(rows)
     for r in rows:
-        if r.get("ratio") and _is_standard(r):
+        if r.get("ratio") and _is_standard(r) and not variants:
             out.setdefault("standard_case", {}).setdefault(r["cell"], {})[r["mode"]] = r["ratio"]
     out["errors"] = sum("error" in r for r in rows)
     out["skipped"] = sum("skipped" in r for r in rows)
@@ -116,20 +178,40 @@ def _autocast_line(autocast):
             f"{autocast}; result dtypes compared with torch.nn's (out_dtypes in the JSON)"]
 
 
-def legend_text(env, timing, candidate_label, autocast="off"):
+def _variant_legend(timing_line, mem):
+    return [
+        ("fused = fused_rnn with the variant; TorchScript = torch.jit.script of a loop over time calling a "
+         "cell (custom_lstms.py style); Python = that loop in eager Python over an nn.Module cell; plain = "
+         "fused_rnn without the variant, same shape and torch.nn weights. Median ms of repeats; forward = "
+         "inference under no_grad; fwd+bwd includes all weight gradients"),
+        ("TS/fused, Py/fused = that side's ms / fused ms (> 1 = fused faster); fused/plain = fused ms / "
+         f"plain ms (the variant's cost). Targets, reported, never asserted: {_TARGETS_TEXT}"),
+        timing_line,
+        ("rel diff = ||side - Python|| / ||Python|| (float64, largest over fused and TorchScript, over "
+         "outputs and, for fwd+bwd, every gradient); above the dtype's tolerance the mode is an error, "
+         "not timed"),
+        f"memory (fwd+bwd, JSON only: <side>_mem_bytes): {mem}",
+    ]
+
+
+def legend_text(env, timing, candidate_label, autocast="off", section="layers"):
     mem = ("CUDA max allocated during one fwd+bwd above the pre-call baseline"
            if env["device"] == "cuda" else
            "bytes autograd saves for backward (unique storages, parameters and inputs excluded)")
+    device = (f"device: {env['device_name']} ({env['device']}, {env['threads']} threads), "
+              f"torch {env['torch']}" + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}"
+                                         if env["device"] == "cuda" else "")
+              + f", git {(env['git_sha'] or 'none')[:10]}{'+dirty' if env['git_dirty'] else ''}")
+    timing_line = (f"timing: warm-up {timing[0]}, {timing[1]}..{timing[2]} repeats within {timing[3]} s "
+                   "per case and mode, sides in random order per repeat")
+    if section == "variants":
+        return "\n".join([device] + _variant_legend(timing_line, mem))
     return "\n".join([
-        f"device: {env['device_name']} ({env['device']}, {env['threads']} threads), "
-        f"torch {env['torch']}" + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}"
-                                   if env["device"] == "cuda" else "")
-        + f", git {(env['git_sha'] or 'none')[:10]}{'+dirty' if env['git_dirty'] else ''}",
+        device,
         (f"ratio = torch.nn ms / {candidate_label} ms (median of repeats; > 1 = "
          f"{candidate_label} faster); forward = inference under no_grad; fwd+bwd includes all "
          "weight gradients"),
-        (f"timing: warm-up {timing[0]}, {timing[1]}..{timing[2]} repeats within {timing[3]} s "
-         "per case and mode, sides in random order per repeat"),
+        timing_line,
         ("rel diff = ||fused - torch.nn|| / ||torch.nn|| (float64, largest over outputs and, "
          "for fwd+bwd, every gradient); '!' = above the tolerance of the dtype, or result "
          "dtypes other than torch.nn's"),
@@ -145,10 +227,19 @@ def print_report(rows, legend):
     print(legend)
     summ = summary(rows)
     for mode in MODES:
-        if mode in summ:
+        if mode in summ and "targets" in summ:
+            s = summ[mode]
+            print(f"{MODE_LABEL[mode]}: geomean " + ", ".join(
+                f"{RATIO_LABEL[k]} {s[f'geomean_{k}']:.2f}" for k in RATIOS if f"geomean_{k}" in s)
+                + f" ({s['n']} cases)")
+        elif mode in summ:
             s = summ[mode]
             print(f"{MODE_LABEL[mode]}: geomean ratio {s['geomean_ratio']:.2f} "
                   f"(min {s['min_ratio']:.2f}, max {s['max_ratio']:.2f}, {s['n']} cases)")
+    for t in summ.get("targets", []):
+        print(f"target {t['case']} {MODE_LABEL[t['mode']]}: " + ", ".join(
+            f"{RATIO_LABEL[k]} {_fmt(t[k]['value'], '.2f')} ({t[k]['target']}: "
+            f"{_MET[t[k]['met']]})" for k in TARGETS))
     if "standard_case" in summ:
         print("standard case (T100 B64 I=H=512 L1 fp32) ratio: " + ", ".join(
             f"{cell} " + " / ".join(f"{MODE_LABEL[m]} {r:.2f}" for m, r in modes.items())

@@ -1,5 +1,5 @@
-"""The timing loop: both sides of a case warmed up, then timed in pairs in random order; one
-case into rows; all cases with progress."""
+"""The timing loop: the sides of a case (two; four in the variants section) warmed up, then
+timed in rounds in random order; one case into rows; all cases with progress."""
 from __future__ import annotations
 
 import contextlib
@@ -14,17 +14,23 @@ from dataclasses import asdict
 import torch
 
 from .cases import MODES, SUSPECT_REL_DIFF
-from .checks import SIDES, TorchUnsupported
+from .checks import TorchUnsupported
 from .decoder import DecoderPair
 from .pairing import Pair
 from .report import progress_line
 from .tf32 import set_tf32, tf32_flags
+from .variants import VariantPair
 
 # Per-device defaults of the timing loop: (warmup, min_repeats, max_repeats, budget_s). A cell
-# step takes tens of microseconds to a few milliseconds: many more repeats of one call.
+# step takes tens of microseconds to a few milliseconds: many more repeats of one call. The
+# variants time four sides per round, and TorchScript's fwd+bwd settles only after two or three
+# calls (profiling, then the optimized graph; the check's call is one): four warm-up rounds, and
+# a budget whose half (the warm-up's cap) holds them at B64 (~2 s a round on 2 CPU threads).
 TIMING_DEFAULTS = {"cpu": (2, 3, 15, 2.0), "cuda": (3, 10, 100, 1.0), "quick": (1, 2, 3, 0.05),
                    "cpu-cells": (20, 50, 3000, 2.0), "cuda-cells": (20, 50, 3000, 1.0),
-                   "cpu-decoder": (2, 5, 50, 3.0), "cuda-decoder": (3, 10, 100, 1.0)}
+                   "cpu-decoder": (2, 5, 50, 3.0), "cuda-decoder": (3, 10, 100, 1.0),
+                   "cpu-variants": (4, 5, 30, 8.0), "cuda-variants": (5, 10, 100, 2.0)}
+PAIR_CLASS = {"decoder": DecoderPair, "variant": VariantPair}  # by Case.kind; else Pair
 
 
 def _timer(device):
@@ -66,19 +72,18 @@ def _warm_up(runners, n_sets, warmup, budget):
     for w in range(max(1, warmup)):
         if w > 0 and time.perf_counter() - t0 > budget / 2:
             break
-        for side in SIDES:
-            prepare, run = runners[side]
+        for prepare, run in runners.values():
             prepare(w % n_sets)
             run(w % n_sets)
 
 
 def _timed_pairs(runners, n_sets, timing, timed, rng):
-    """Pairs in an order drawn per pair, so that drift hits both sides alike."""
+    """Pairs (rounds of every side) in an order drawn per round, so that drift hits all sides alike."""
     _, min_repeats, max_repeats, budget = timing
-    samples = {side: [] for side in SIDES}
+    samples = {side: [] for side in runners}
     t0, r = time.perf_counter(), 0
     while r < max_repeats and (r < min_repeats or time.perf_counter() - t0 < budget):
-        order = list(SIDES)
+        order = list(runners)
         rng.shuffle(order)
         for side in order:
             prepare, run = runners[side]
@@ -89,8 +94,8 @@ def _timed_pairs(runners, n_sets, timing, timed, rng):
 
 
 def measure(pair, mode, timing, rng):
-    """Warm both sides up, then time pairs in random order; returns {side: [ms, ...]}."""
-    runners = {side: pair.runner(side, mode) for side in SIDES}
+    """Warm the sides up, then time them in rounds in random order; returns {side: [ms, ...]}."""
+    runners = {side: pair.runner(side, mode) for side in pair.sides}
     n_sets = len(pair.sets)
     pair.set_mode(mode)
     with _gc_paused():
@@ -107,22 +112,23 @@ def _finite_or_none(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _timing_fields(samples):
-    t, f = statistics.median(samples["torch"]), statistics.median(samples["fused"])
-    return {"torch_ms": t, "fused_ms": f, "ratio": t / f if f > 0 else math.inf,
-            "repeats": len(samples["torch"]),
-            "torch_ms_samples": [round(v, 4) for v in samples["torch"]],
-            "fused_ms_samples": [round(v, 4) for v in samples["fused"]]}
+def _timing_fields(pair, samples):
+    """Each side's median ms, the pair's ratios of them, the repeats and every sample."""
+    ms = {side: statistics.median(samples[side]) for side in pair.sides}
+    fields = {f"{side}_ms": ms[side] for side in pair.sides}
+    fields.update({key: ms[a] / ms[b] if ms[b] > 0 else math.inf for key, (a, b) in pair.ratios.items()})
+    fields["repeats"] = len(samples[pair.sides[0]])
+    fields.update({f"{side}_ms_samples": [round(v, 4) for v in samples[side]] for side in pair.sides})
+    return fields
 
 
 def _memory_fields(pair, row):
     """fwd+bwd memory: CUDA's peak allocation, elsewhere the bytes saved for backward."""
     if pair.device.type == "cuda":
         return {"mem_metric": "cuda_peak_allocated",
-                "torch_mem_bytes": pair.cuda_peak_bytes("torch"),
-                "fused_mem_bytes": pair.cuda_peak_bytes("fused")}
-    return {"mem_metric": "saved_for_backward", "torch_mem_bytes": row["torch_saved_bytes"],
-            "fused_mem_bytes": row["fused_saved_bytes"]}
+                **{f"{side}_mem_bytes": pair.cuda_peak_bytes(side) for side in pair.sides}}
+    return {"mem_metric": "saved_for_backward",
+            **{f"{side}_mem_bytes": row[f"{side}_saved_bytes"] for side in pair.sides}}
 
 
 def _measure_mode(pair, mode, timing, rng, row):
@@ -130,7 +136,7 @@ def _measure_mode(pair, mode, timing, rng, row):
     torch.nn cannot run it (a skip), goes into the row."""
     try:
         row.update(pair.check(mode))
-        row.update(_timing_fields(measure(pair, mode, timing, rng)))
+        row.update(_timing_fields(pair, measure(pair, mode, timing, rng)))
         if mode == "fwdbwd":
             row.update(_memory_fields(pair, row))
         limit = SUSPECT_REL_DIFF.get(pair.case.precision, 1e-4)
@@ -141,7 +147,7 @@ def _measure_mode(pair, mode, timing, rng, row):
         if pair.device.type == "cuda" and isinstance(e, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
         row["error"] = f"{type(e).__name__}: {e}"
-    for k in ("rel_diff", "rel_diff_out", "rel_diff_grad", "ratio"):
+    for k in ("rel_diff", "rel_diff_out", "rel_diff_grad", *pair.ratios):
         if k in row:  # JSON has no inf or NaN (written with allow_nan=False): null instead
             row[k] = _finite_or_none(row[k])
     return row
@@ -171,8 +177,7 @@ def run_case(case, device, timing, modes, candidate=None, seed=0, n_sets=None, r
     if case.kind == "decoder":  # a training step is timed as fwd+bwd, decoding as fwd
         modes = [m for m in modes if m == ("fwd" if case.decode else "fwdbwd")]
     try:
-        pair_class = DecoderPair if case.kind == "decoder" else Pair
-        pair = pair_class(case, device, candidate=candidate, n_sets=n_sets, seed=seed)
+        pair = PAIR_CLASS.get(case.kind, Pair)(case, device, candidate=candidate, n_sets=n_sets, seed=seed)
     except Exception as e:  # noqa: BLE001 - reported in the row, the sweep goes on
         return [dict(base, mode=m, error=f"{type(e).__name__}: {e}") for m in modes]
     extra = _input_fields(pair)
