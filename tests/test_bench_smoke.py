@@ -14,6 +14,13 @@ ENV_FIELDS = ("device", "device_name", "torch", "cuda", "cpu_model", "threads", 
               "csrc_sha256", "date_utc")
 ROW_FIELDS = ("case", "mode", "cell", "batch", "dtype", "tf32", "torch_ms", "fused_ms", "ratio",
               "rel_diff", "repeats")
+# The variants section's variants, (cell, name) in VARIANTS' order -> the parameters each adds to
+# the plain module.
+_LN = ("ln_weight_ih_l0", "ln_weight_hh_l0")
+VARIANTS = {("lstm", "peephole"): ("weight_ch_l0",),
+            ("lstm", "layer_norm"): (*_LN, "ln_weight_c_l0", "ln_bias_c_l0"),
+            ("lstm", "peephole+layer_norm"): ("weight_ch_l0", *_LN, "ln_weight_c_l0", "ln_bias_c_l0"),
+            ("gru", "layer_norm"): _LN}
 
 
 def test_bench_quick_writes_json_plot_and_table(tmp_path, capsys):
@@ -138,8 +145,8 @@ def test_bench_decoder_section(tmp_path):
 def test_bench_variants_section(tmp_path, capsys):
     """--section variants: each variant against a TorchScript loop, a Python loop and our plain
     module; four times and three ratios per row, in the JSON and the table."""
-    rows = _quick_section_rows("variants", tmp_path)
-    assert {(r["cell"], r["variant"], r["kind"]) for r in rows} == {("lstm", "peephole", "variant")}
+    rows = _quick_section_rows("variants", tmp_path)  # each variant through the agreement check
+    assert {(r["cell"], r["variant"], r["kind"]) for r in rows} == {(cell, name, "variant") for cell, name in VARIANTS}
     assert {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
     for r in rows:
         for side in ("fused", "torchscript", "python", "plain"):
@@ -159,9 +166,47 @@ def test_bench_variants_section(tmp_path, capsys):
     assert {t["fused_over_plain"]["target"] for t in targets} == {"<= 1.35"}
     args = bench.parse_args(["--section", "variants"])
     names = [c.name for c in bench.build_cases(args, bench.resolve_device("cpu"))]
-    assert names == [f"lstm peephole T100 B{b} I512 H512 fp32" for b in (64, 8, 1)]
+    assert names == [f"{cell} {name} T100 B{b} I512 H512 fp32" for cell, name in VARIANTS for b in (64, 8, 1)]
+    gru = bench.build_cases(bench.parse_args(["--section", "variants", "--cells", "gru"]), bench.resolve_device("cpu"))
+    assert [c.name for c in gru] == [f"gru layer_norm T100 B{b} I512 H512 fp32" for b in (64, 8, 1)]
     with pytest.raises(SystemExit):
         bench.parse_args(["--section", "variants", "--null"])
+
+
+@pytest.mark.parametrize("cell,name", list(VARIANTS), ids=[f"{c}-{n}" for c, n in VARIANTS])
+def test_bench_variant_parameters_matter(cell, name):
+    """The pair draws each parameter the variant adds (γ around 1, β and the peepholes around 0):
+    a TorchScript cell that ignores any one of them (here: that one put back to its neutral
+    value, γ 1, β 0, no peephole) is refused by the agreement check (forward: it shows as well
+    there). First fwd+bwd twice, before any forward (as ``--modes fwdbwd`` runs): TorchScript
+    runs its optimized graph from the second call on, and its autodiff can break a cell there
+    (a chunk with an unused output gets a gradient of the wrong size)."""
+    import torch
+
+    from fused_rnn.bench import variants
+
+    # H 16, not smaller: LN over a handful of near-equal c' values amplifies float32 rounding
+    # past the tolerance (H 5, peephole+layer_norm: up to 2.8e-4 between the fused and the
+    # Python side over 15 draws, each side ~1e-4 off the same run in float64).
+    case = bench.Case(cell=cell, seq_len=3, batch=2, input_size=8, hidden=16, kind="variant", variant=name)
+    pair = bench.VariantPair(case, "cpu", n_sets=1)
+    for mode in ("fwdbwd", "fwdbwd", "fwd"):
+        assert pair.check(mode)["rel_diff"] < 1e-4, mode
+    own = [n for n, _ in pair.modules["fused"].named_parameters() if n not in pair.modules["plain"].state_dict()]
+    assert sorted(own) == sorted(VARIANTS[cell, name])
+    cell_ts = pair.modules["torchscript"].cell
+    for fused_name in own:
+        p = getattr(cell_ts, variants._plain_name(fused_name))
+        drawn = p.detach().clone()
+        neutral = 1.0 if fused_name.startswith("ln_weight") else 0.0
+        assert (drawn - neutral).abs().min() > 0 and drawn.std() > 0, fused_name
+        with torch.no_grad():
+            p.fill_(neutral)
+        with pytest.raises(variants.SidesDisagree, match="TorchScript"):
+            pair.check("fwd")
+        with torch.no_grad():
+            p.copy_(drawn)
+    assert pair.check("fwd")["rel_diff"] < 1e-4  # all restored: the sides agree again
 
 
 def test_bench_variant_sides_agree():

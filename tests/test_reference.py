@@ -1,6 +1,8 @@
 """fused_rnn.reference against torch.nn in float64: the reference is only ground truth if it
 is exactly torch.nn (gate order, GRU's b_hn placement, projections, packed and reverse
 semantics)."""
+import math
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -193,3 +195,73 @@ def test_rnn_rejects_unknown_nonlinearity():
     w_ih, w_hh = torch.randn(H, I, dtype=DTYPE), torch.randn(H, H, dtype=DTYPE)
     with pytest.raises(ValueError, match="nonlinearity"):
         reference.rnn_cell(x, h, w_ih, w_hh, nonlinearity="sigmoid")
+
+
+# ---- the cell variants torch.nn does not have: checked against independent writings ----------
+
+def test_layer_norm_is_torch_layer_norm():
+    v, w, b = (torch.randn(shape, dtype=DTYPE) for shape in [(5, 12), (12,), (12,)])
+    assert max_diff(reference.layer_norm(v, w, b), torch.nn.functional.layer_norm(v, (12,), w, b, eps=1e-5)) < TOL
+    assert max_diff(reference.layer_norm(v, w), torch.nn.functional.layer_norm(v, (12,), w, None, eps=1e-5)) < TOL
+
+
+def _ln(v, w, b=None):
+    return torch.nn.functional.layer_norm(v, (v.size(-1),), w, b, eps=1e-5)
+
+
+def test_layer_norm_lstm_cell_is_composed_as_the_equations_say():
+    """p = LN(W_ih x; γ_ih) + LN(W_hh h; γ_hh) + b_ih + b_hh; h' = o * tanh(LN(c'; γ_c) + β_c),
+    written here with torch.nn.functional.layer_norm."""
+    x, h, c = torch.randn(B, I, dtype=DTYPE), torch.randn(B, H, dtype=DTYPE), torch.randn(B, H, dtype=DTYPE)
+    w_ih, w_hh, b_ih, b_hh = (torch.randn(shape, dtype=DTYPE) for shape in [(4 * H, I), (4 * H, H), (4 * H,), (4 * H,)])
+    g_ih, g_hh, g_c, b_c = (torch.randn(shape, dtype=DTYPE) for shape in [(4 * H,), (4 * H,), (H,), (H,)])
+    p = _ln(x @ w_ih.T, g_ih) + _ln(h @ w_hh.T, g_hh) + b_ih + b_hh
+    i, f, g, o = torch.sigmoid(p[:, :H]), torch.sigmoid(p[:, H:2 * H]), torch.tanh(p[:, 2 * H:3 * H]), \
+        torch.sigmoid(p[:, 3 * H:])
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(_ln(c_new, g_c, b_c))
+    got = reference.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh, ln_weight_ih=g_ih, ln_weight_hh=g_hh,
+                              ln_weight_c=g_c, ln_bias_c=b_c)
+    assert max_diff(got[0], h_new) < TOL and max_diff(got[1], c_new) < TOL
+
+
+def test_layer_norm_gru_cell_is_composed_as_the_equations_say():
+    """a = LN(W_ih x; γ_ih) + b_ih, r̂ = LN(W_hh h; γ_hh) + b_hh; r, z, n as in the GRU with r̂."""
+    x, h = torch.randn(B, I, dtype=DTYPE), torch.randn(B, H, dtype=DTYPE)
+    w_ih, w_hh, b_ih, b_hh = (torch.randn(shape, dtype=DTYPE) for shape in [(3 * H, I), (3 * H, H), (3 * H,), (3 * H,)])
+    g_ih, g_hh = torch.randn(3 * H, dtype=DTYPE), torch.randn(3 * H, dtype=DTYPE)
+    a = _ln(x @ w_ih.T, g_ih) + b_ih
+    rh = _ln(h @ w_hh.T, g_hh) + b_hh
+    r = torch.sigmoid(a[:, :H] + rh[:, :H])
+    z = torch.sigmoid(a[:, H:2 * H] + rh[:, H:2 * H])
+    n = torch.tanh(a[:, 2 * H:] + r * rh[:, 2 * H:])
+    want = (1 - z) * n + z * h
+    got = reference.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, ln_weight_ih=g_ih, ln_weight_hh=g_hh)
+    assert max_diff(got, want) < TOL
+
+
+def test_peephole_lstm_cell_is_the_equations_unit_by_unit():
+    """Gers et al.'s peephole LSTM written one unit at a time in Python floats:
+    i = s(p_i + w_ci c), f = s(p_f + w_cf c), g = tanh(p_g), c' = f c + i g,
+    o = s(p_o + w_co c'), h' = o tanh(c')."""
+    x, h, c = torch.randn(B, I, dtype=DTYPE), torch.randn(B, H, dtype=DTYPE), torch.randn(B, H, dtype=DTYPE)
+    w_ih, w_hh, b_ih, b_hh = (torch.randn(shape, dtype=DTYPE) for shape in [(4 * H, I), (4 * H, H), (4 * H,), (4 * H,)])
+    w_ch = torch.randn(3 * H, dtype=DTYPE)
+    got_h, got_c = reference.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh, weight_ch=w_ch)
+
+    def sigmoid(v):
+        return 1 / (1 + math.exp(-v))
+
+    for b in range(B):
+        for j in range(H):
+            def pre(k, b=b, j=j):
+                row = k * H + j
+                return float(w_ih[row] @ x[b] + b_ih[row] + w_hh[row] @ h[b] + b_hh[row])
+
+            cj = float(c[b, j])
+            i = sigmoid(pre(0) + float(w_ch[j]) * cj)
+            f = sigmoid(pre(1) + float(w_ch[H + j]) * cj)
+            g = math.tanh(pre(2))
+            c_new = f * cj + i * g
+            o = sigmoid(pre(3) + float(w_ch[2 * H + j]) * c_new)
+            assert abs(float(got_c[b, j]) - c_new) < TOL and abs(float(got_h[b, j]) - o * math.tanh(c_new)) < TOL

@@ -25,8 +25,9 @@ Output: a table on stdout, a JSON file (environment + rows), a PNG plot of the r
 batch size and a Markdown copy of the table, see ``--out``.
 
 The variants section (``--section variants``) times each variant of fused_rnn's modules
-(``LSTM(peephole=True)``) against the same equations as a TorchScript cell loop and a plain
-Python loop, and against fused_rnn's plain module of the same shape: four sides, three ratios.
+(``LSTM(peephole=True)``, ``LSTM(layer_norm=True)``, both, ``GRU(layer_norm=True)``) against
+the same equations as a TorchScript cell loop and a plain Python loop, and against fused_rnn's
+plain module of the same shape: four sides, three ratios.
 
 Modules: ``cases`` (the sweeps, ``Case``, ``build_cases``), ``pairing`` (``Pair``: both
 modules and the input sets), ``decoder`` and ``variants`` (the decoder and variants

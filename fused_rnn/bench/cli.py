@@ -54,9 +54,10 @@ def _what_to_run(g):
                         "fp32 B1 H256 and B64 H512, timed per call; decoder: a seq2seq model on "
                         "fused_rnn against the same model on torch.nn's modules (Luong with input "
                         "feeding, Bahdanau): training step, greedy and beam-5 decoding; variants: "
-                        "each variant (LSTM(peephole=True)) against the same equations as a "
-                        "TorchScript cell loop and a plain Python loop, and against our plain "
-                        "module of the same shape, T100 I=H=512 fp32, B 64/8/1, one layer")
+                        "each variant (LSTM peephole, layer_norm, both; GRU layer_norm) against "
+                        "the same equations as a TorchScript cell loop and a plain Python loop, "
+                        "and against our plain module of the same shape, T100 I=H=512 fp32, "
+                        "B 64/8/1, one layer")
     g.add_argument("--sweep", choices=("standard", "short", "full"), default="short",
                    help="standard: T100 B64 I=H=512 L1 fp32 only; short: that with "
                         f"B in {list(SHORT_BATCHES)}; full: the docs/DESIGN.md §5 grid "

@@ -50,7 +50,9 @@ def _draw(ax, ok, mode, labels, variant_of, key="ratio"):
         if not pts:
             continue
         cell, *variant = s.split()
-        k = variant_of.setdefault(" ".join(variant), len(variant_of))
+        # The colour tells the cells apart, or in the variants section the ratios: there the
+        # style keys on the whole series ("lstm layer_norm" and "gru layer_norm" differ).
+        k = variant_of.setdefault(" ".join(variant) if key == "ratio" else s, len(variant_of))
         color = COLORS.get(cell, "k") if key == "ratio" else RATIO_COLORS.get(key, "k")
         if key != "ratio":
             label = RATIO_LABEL[key] + (f" {label}" if len(labels) > 1 else "")

@@ -1,8 +1,11 @@
-"""The variants section: each variant of fused_rnn's modules (the peephole LSTM; the
-layer-normalized LSTM/GRU to come) against the same equations written the way a user would
-without us, on the same weights and input sets. Four sides per case:
+"""The variants section: each variant of fused_rnn's modules (the peephole LSTM, the
+layer-normalized LSTM with and without peepholes, the layer-normalized GRU) against the same
+equations written the way a user would without us, on the same weights and input sets. Four
+sides per case:
 
-- ``fused``: fused_rnn's module with the variant (``LSTM(I, H, peephole=True)``);
+- ``fused``: fused_rnn's module with the variant (``LSTM(I, H, peephole=True)``,
+  ``LSTM(I, H, layer_norm=True)``, ``LSTM(I, H, peephole=True, layer_norm=True)``,
+  ``GRU(I, H, layer_norm=True)``);
 - ``torchscript``: a loop over time calling a cell, both scripted with torch.jit.script, in the
   style of PyTorch's benchmarks/fastrnns/custom_lstms.py (the cell holds the parameters, the
   layer loops over ``input.unbind(0)``): what a user writes for a custom cell today;
@@ -13,11 +16,14 @@ without us, on the same weights and input sets. Four sides per case:
 Before a mode is timed, the fused and the TorchScript sides must agree with the Python loop on
 input set 0 (outputs, and in fwd+bwd every gradient) within the dtype's tolerance; if they do
 not, the row is an error and nothing is timed, so the ratios never compare a fast wrong
-result. The plain side computes other equations: it is timed, not compared.
+result. The variant's own parameters are drawn before the sides load them (γ around 1, β and
+the peepholes small): at the modules' init (γ ones, β zeros) a side that ignored them would
+agree. The plain side computes other equations: it is timed, not compared.
 
 A new variant is one ``Variant`` in VARIANTS: its fused module, a TorchScript cell and a Python
 cell whose parameters are named like the fused module's without the ``_l0`` suffix (they load
-its state_dict), and, for a cell whose state is not LSTM's (h, c), a scripted layer typed for it.
+its state_dict), and, for a cell whose state is not LSTM's (h, c), a scripted layer typed for it
+(ScriptGRULayer: one Tensor).
 """
 from __future__ import annotations
 
@@ -50,17 +56,40 @@ TARGET_MODE, TARGET_BATCHES = "fwdbwd", (64, 8)
 TARGETS = {"torchscript_over_fused": (">=", 5.0), "fused_over_plain": ("<=", 1.35)}
 
 
+def _lstm_parameters(cell, input_size, hidden_size, peephole, layer_norm):
+    """An LSTM cell's parameters under the fused module's names (without ``_l0``); weight_ch
+    is None without peepholes (TorchScript compiles the branches on it away)."""
+    cell.hidden_size = hidden_size
+    cell.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+    cell.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+    cell.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
+    cell.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+    cell.weight_ch = nn.Parameter(torch.empty(3 * hidden_size)) if peephole else None
+    if layer_norm:
+        cell.ln_weight_ih = nn.Parameter(torch.empty(4 * hidden_size))
+        cell.ln_weight_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        cell.ln_weight_c = nn.Parameter(torch.empty(hidden_size))
+        cell.ln_bias_c = nn.Parameter(torch.empty(hidden_size))
+
+
+def _gru_parameters(cell, input_size, hidden_size):
+    """The layer-normalized GRU cell's parameters under the fused module's names."""
+    cell.hidden_size = hidden_size
+    cell.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
+    cell.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+    cell.bias_ih = nn.Parameter(torch.empty(3 * hidden_size))
+    cell.bias_hh = nn.Parameter(torch.empty(3 * hidden_size))
+    cell.ln_weight_ih = nn.Parameter(torch.empty(3 * hidden_size))
+    cell.ln_weight_hh = nn.Parameter(torch.empty(3 * hidden_size))
+
+
 class ScriptPeepholeLSTMCell(nn.Module):
     """custom_lstms.py's LSTMCell with peepholes, as written for TorchScript: a typed forward,
     torch.mm on the transposed weights, the state in and out as a tuple."""
 
     def __init__(self, input_size, hidden_size):
         super().__init__()
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
-        self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size))
+        _lstm_parameters(self, input_size, hidden_size, peephole=True, layer_norm=False)
 
     def forward(self, input: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         hx, cx = state
@@ -79,7 +108,7 @@ class ScriptPeepholeLSTMCell(nn.Module):
 
 class ScriptLSTMLayer(nn.Module):
     """custom_lstms.py's LSTMLayer: one cell call per time step over ``input.unbind(0)``, the
-    outputs stacked. Typed for an (h, c) state: a GRU variant needs one with a Tensor state."""
+    outputs stacked. Typed for an (h, c) state (a GRU cell's is one Tensor: ScriptGRULayer)."""
 
     def __init__(self, cell):
         super().__init__()
@@ -94,16 +123,86 @@ class ScriptLSTMLayer(nn.Module):
         return torch.stack(outputs), state
 
 
+class ScriptLayerNormLSTMCell(nn.Module):
+    """custom_lstms.py's LayerNormLSTMCell, with peepholes where ``peephole``. Two differences
+    from it, both fused_rnn's equations: the LN rows are F.layer_norm calls on parameters named
+    like the fused module's (custom_lstms.py's nn.LayerNorm modules have their own names and a β
+    in the gate rows, where the cell biases act instead), and the state carries c', not LN(c').
+    F.layer_norm's LN is fused_rnn's: biased variance, eps 1e-5 inside the square root."""
+
+    def __init__(self, input_size, hidden_size, peephole=False):
+        super().__init__()
+        _lstm_parameters(self, input_size, hidden_size, peephole, layer_norm=True)
+
+    def forward(self, input: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        hx, cx = state
+        # The cell biases go in as LN's β: LN(v; γ) + b in one call.
+        igates = F.layer_norm(torch.mm(input, self.weight_ih.t()), [4 * self.hidden_size], self.ln_weight_ih,
+                              self.bias_ih, 1e-5)
+        hgates = F.layer_norm(torch.mm(hx, self.weight_hh.t()), [4 * self.hidden_size], self.ln_weight_hh,
+                              self.bias_hh, 1e-5)
+        ingate, forgetgate, cellgate, outgate = (igates + hgates).chunk(4, 1)
+        weight_ch = self.weight_ch
+        # One branch that uses all three chunks: TorchScript's autodiff of a chunk with an unused
+        # output (``w_ci, w_cf, _``) returns a gradient of the wrong size once the graph is
+        # optimized (from the second fwd+bwd call on).
+        if weight_ch is not None:
+            w_ci, w_cf, w_co = weight_ch.chunk(3, 0)
+            ingate = ingate + w_ci * cx
+            forgetgate = forgetgate + w_cf * cx
+            cy = torch.sigmoid(forgetgate) * cx + torch.sigmoid(ingate) * torch.tanh(cellgate)
+            outgate = outgate + w_co * cy  # the output gate sees c'
+        else:
+            cy = torch.sigmoid(forgetgate) * cx + torch.sigmoid(ingate) * torch.tanh(cellgate)
+        hy = torch.sigmoid(outgate) * torch.tanh(
+            F.layer_norm(cy, [self.hidden_size], self.ln_weight_c, self.ln_bias_c, 1e-5))
+        return hy, (hy, cy)
+
+
+class ScriptLayerNormGRUCell(nn.Module):
+    """The layer-normalized GRU cell for TorchScript (gate order r|z|n; b_hn inside r * (...),
+    as in torch.nn.GRU): the state is one Tensor, in and out."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        _gru_parameters(self, input_size, hidden_size)
+
+    def forward(self, input: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
+        igates = F.layer_norm(torch.mm(input, self.weight_ih.t()), [3 * self.hidden_size], self.ln_weight_ih,
+                              self.bias_ih, 1e-5)
+        hgates = F.layer_norm(torch.mm(state, self.weight_hh.t()), [3 * self.hidden_size], self.ln_weight_hh,
+                              self.bias_hh, 1e-5)
+        i_r, i_z, i_n = igates.chunk(3, 1)
+        h_r, h_z, h_n = hgates.chunk(3, 1)
+        resetgate = torch.sigmoid(i_r + h_r)
+        updategate = torch.sigmoid(i_z + h_z)
+        newgate = torch.tanh(i_n + resetgate * h_n)
+        hy = (1 - updategate) * newgate + updategate * state
+        return hy, hy
+
+
+class ScriptGRULayer(nn.Module):
+    """ScriptLSTMLayer typed for a GRU cell's state: one Tensor."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, input: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
+        inputs = input.unbind(0)
+        outputs = torch.jit.annotate(List[Tensor], [])
+        for i in range(len(inputs)):
+            out, state = self.cell(inputs[i], state)
+            outputs += [out]
+        return torch.stack(outputs), state
+
+
 class PythonPeepholeLSTMCell(nn.Module):
     """The peephole LSTM step as a user writes it in eager PyTorch (gate order i|f|g|o)."""
 
     def __init__(self, input_size, hidden_size):
         super().__init__()
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
-        self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size))
+        _lstm_parameters(self, input_size, hidden_size, peephole=True, layer_norm=False)
 
     def forward(self, x, state):
         h, c = state
@@ -112,6 +211,48 @@ class PythonPeepholeLSTMCell(nn.Module):
         c = torch.sigmoid(f + w_cf * c) * c + torch.sigmoid(i + w_ci * c) * torch.tanh(g)
         h = torch.sigmoid(o + w_co * c) * torch.tanh(c)
         return h, (h, c)
+
+
+class PythonLayerNormLSTMCell(nn.Module):
+    """The layer-normalized LSTM step (peepholes where ``peephole``) in eager PyTorch."""
+
+    def __init__(self, input_size, hidden_size, peephole=False):
+        super().__init__()
+        _lstm_parameters(self, input_size, hidden_size, peephole, layer_norm=True)
+
+    def forward(self, x, state):
+        h, c = state
+        n = 4 * self.hidden_size
+        gates = (F.layer_norm(F.linear(x, self.weight_ih), (n,), self.ln_weight_ih, self.bias_ih, 1e-5)
+                 + F.layer_norm(F.linear(h, self.weight_hh), (n,), self.ln_weight_hh, self.bias_hh, 1e-5))
+        i, f, g, o = gates.chunk(4, 1)
+        if self.weight_ch is not None:
+            w_ci, w_cf, w_co = self.weight_ch.chunk(3)
+            i, f = i + w_ci * c, f + w_cf * c
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        if self.weight_ch is not None:
+            o = o + w_co * c
+        h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (self.hidden_size,), self.ln_weight_c, self.ln_bias_c,
+                                                       1e-5))
+        return h, (h, c)
+
+
+class PythonLayerNormGRUCell(nn.Module):
+    """The layer-normalized GRU step in eager PyTorch (gate order r|z|n)."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        _gru_parameters(self, input_size, hidden_size)
+
+    def forward(self, x, h):
+        n = 3 * self.hidden_size
+        x_r, x_z, x_n = F.layer_norm(F.linear(x, self.weight_ih), (n,), self.ln_weight_ih, self.bias_ih,
+                                     1e-5).chunk(3, 1)
+        h_r, h_z, h_n = F.layer_norm(F.linear(h, self.weight_hh), (n,), self.ln_weight_hh, self.bias_hh,
+                                     1e-5).chunk(3, 1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
+        return h, h
 
 
 class PythonLayer(nn.Module):
@@ -145,7 +286,17 @@ PLAIN = {"lstm": LSTM, "gru": GRU}
 VARIANTS = (
     Variant("peephole", "lstm", fused=partial(LSTM, peephole=True), script_cell=ScriptPeepholeLSTMCell,
             python_cell=PythonPeepholeLSTMCell),
+    Variant("layer_norm", "lstm", fused=partial(LSTM, layer_norm=True), script_cell=ScriptLayerNormLSTMCell,
+            python_cell=PythonLayerNormLSTMCell),
+    Variant("peephole+layer_norm", "lstm", fused=partial(LSTM, peephole=True, layer_norm=True),
+            script_cell=partial(ScriptLayerNormLSTMCell, peephole=True),
+            python_cell=partial(PythonLayerNormLSTMCell, peephole=True)),
+    Variant("layer_norm", "gru", fused=partial(GRU, layer_norm=True), script_cell=ScriptLayerNormGRUCell,
+            python_cell=PythonLayerNormGRUCell, script_layer=ScriptGRULayer),
 )
+# The variant's own parameters as the pair draws them: LN's γ (ln_weight_*) normal around 1, the
+# rest (LN's β, the peepholes) normal around 0, (mean, std) each.
+GAIN_DRAW, SHIFT_DRAW = (1.0, 0.5), (0.0, 0.1)
 
 
 def variant_of(case):
@@ -174,6 +325,16 @@ def _plain_name(name):
     return name.rsplit(".", 1)[-1].removesuffix("_l0")
 
 
+def draw_variant_parameters(module, plain_names):
+    """Draw the parameters ``module`` has beyond ``plain_names`` (the plain module's): at their
+    init γ is ones and β zeros, where a side that ignored them would agree with one that does
+    not; drawn, each one moves the result. In place, from the global generator (seeded)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name not in plain_names:
+                p.normal_(*(GAIN_DRAW if _plain_name(name).startswith("ln_weight") else SHIFT_DRAW))
+
+
 class SidesDisagree(Exception):
     """The fused or the TorchScript side does not compute the Python loop's result."""
 
@@ -186,17 +347,21 @@ class VariantPair(Pair):
     ratios = {**RATIOS, "ratio": RATIOS["torchscript_over_fused"]}  # "ratio": the headline
 
     def _build_modules(self, candidate, seed):
-        """The fused module draws the weights; the other sides load them."""
+        """The fused module draws the weights (torch.nn's init, then the variant's parameters
+        by draw_variant_parameters, on the CPU: the same values on every device); the other
+        sides load them."""
         case, variant = self.case, variant_of(self.case)
         place = {"device": self.device, "dtype": self.dtype}
         torch.manual_seed(seed)
-        fused = variant.fused(case.input_size, case.hidden).to(**place)
+        fused = variant.fused(case.input_size, case.hidden)
+        plain = PLAIN[variant.cell](case.input_size, case.hidden)
+        draw_variant_parameters(fused, set(plain.state_dict()))
+        fused, plain = fused.to(**place), plain.to(**place)
         weights = fused.state_dict()
         cells = {}
         for side, make in (("torchscript", variant.script_cell), ("python", variant.python_cell)):
             cells[side] = make(case.input_size, case.hidden).to(**place)
             cells[side].load_state_dict({_plain_name(k): v for k, v in weights.items()})
-        plain = PLAIN[variant.cell](case.input_size, case.hidden).to(**place)
         plain.load_state_dict({k: v for k, v in weights.items() if k in plain.state_dict()})
         return {"fused": fused, "torchscript": _script(variant.script_layer(cells["torchscript"])),
                 "python": PythonLayer(cells["python"]), "plain": plain}
