@@ -67,7 +67,7 @@ def _target_class(module, mapping):
 
 def _refuse_variants(model):
     for name, module in model.named_modules():
-        options = variants.extra_repr(module).lstrip(", ")
+        options = variants.options_repr(module).lstrip(", ")
         if options:
             where = f"model.{name}" if name else "model"
             raise ValueError(

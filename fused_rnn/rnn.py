@@ -36,20 +36,9 @@ __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 # Multi-layer modules.
 # ---------------------------------------------------------------------------------------------
 
-class _FusedRNNMixin:
-    """forward() for the three RNNBase subclasses below; everything else is torch.nn's."""
-
-    # The variant options (variants.py), set by the constructor; so for a torch.nn module converted
-    # by to_fused too.
-    peephole = layer_norm = False
-    _variant_weight_names = ()
-
-    def reset_parameters(self):
-        super().reset_parameters()
-        variants.reset(self, draw=False)
-
-    def extra_repr(self):
-        return super().extra_repr() + variants.extra_repr(self)
+class _FusedRNNMixin(variants.VariantOptions):
+    """forward() for the three RNNBase subclasses below (and the variant options); everything
+    else is torch.nn's."""
 
     def _setup_variants(self, **options):
         directions = ["", "_reverse"] if self.bidirectional else [""]
@@ -287,21 +276,10 @@ _torch_private.allow_in_dynamo(_FusedRNNMixin)
 # Cells: one time step = the single-step op (or the reference where the op cannot run: _step).
 # ---------------------------------------------------------------------------------------------
 
-class _FusedCellMixin:
+class _FusedCellMixin(variants.VariantOptions):
     """forward() for the three RNNCellBase subclasses below: torch.nn's checks in torch.nn's
     order, then one step of the cell (the single-step op). States are handled as a tuple
     throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell."""
-
-    # The variant options, as on the layer modules.
-    peephole = layer_norm = False
-    _variant_weight_names = ()
-
-    def reset_parameters(self):
-        super().reset_parameters()
-        variants.reset(self, draw=False)
-
-    def extra_repr(self):
-        return super().extra_repr() + variants.extra_repr(self)
 
     def forward(self, input, hx=None):
         result = self._common_call(input, hx)

@@ -67,6 +67,23 @@ def weights(module, suffix=""):
     return {name: getattr(module, name + suffix) for name in module._variant_weight_names}
 
 
-def extra_repr(module):
+def options_repr(module):
+    """", peephole=True, layer_norm=True" for the options that are on ("" for none)."""
     on = [name for mode in OPTIONS.values() for name in mode if getattr(module, name, False) is True]
     return "".join(f", {name}=True" for name in dict.fromkeys(on))
+
+
+class VariantOptions:
+    """Mixed into the fused modules and cells before their torch.nn class: the options' defaults
+    (so also on a torch.nn module converted by to_fused), and torch.nn's reset_parameters and
+    extra_repr extended to the variants."""
+
+    peephole = layer_norm = False
+    _variant_weight_names = ()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        reset(self, draw=False)
+
+    def extra_repr(self):
+        return super().extra_repr() + options_repr(self)
