@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/Dispatch.h>
 
+#include "cpu/column_dot.h"
 #include "cpu/gemm.h"
 #include "cpu/pointwise.h"
 #include "cpu/small_step.h"
@@ -40,6 +41,12 @@ struct CpuDevice {
   template <class Cell, class T>
   static void backward_step(const BackwardStep<T>& a) {
     cpu::run_step<Cell, T>(a, Units::whole(a.hidden));
+  }
+
+  static at::Tensor sum_of_products(const at::Tensor& a, const at::Tensor& b) {
+    at::Tensor out;
+    dispatch(a.scalar_type(), "sum_of_products", [&](auto tag) { out = cpu::column_dot<decltype(tag)>(a, b); });
+    return out;
   }
 
   template <class T>

@@ -107,6 +107,12 @@ struct CudaDevice {
     C10_CUDA_CHECK((launch_backward_step<Cell, U>(as_cuda_step(a), c10::cuda::getCurrentCUDAStream().stream())));
   }
 
+  // sum over rows of a * b ([N, C] each), in float32 for half types.
+  static at::Tensor sum_of_products(const at::Tensor& a, const at::Tensor& b) {
+    const auto acc = at::isReducedFloatingType(a.scalar_type()) ? at::kFloat : a.scalar_type();
+    return at::mul(a.to(acc), b.to(acc)).sum(0).to(a.scalar_type());
+  }
+
   // Layer normalization of whole matrices: a warp per row (cuda/pointwise.cu).
   template <class T>
   static void normalize_rows(T* v, int64_t rows, int64_t width, int64_t stride, const T* gamma, T* v_hat, T* rstd,

@@ -40,6 +40,10 @@
 //       layer-normalized step (a.norm.gamma_hh set) runs row by row (cells/layer_norm.h's
 //       step_row), never split.
 //
+//   static at::Tensor sum_of_products(const at::Tensor& a, const at::Tensor& b);
+//       sum over rows of a * b, [N, C] each (row strides may differ) -> [C], accumulated in
+//       float32 (float64 for double): the gradients of per-unit weights (γ, peepholes).
+//
 //   template <class T> static void normalize_rows(T* v, int64_t rows, int64_t width, int64_t stride,
 //       const T* gamma, T* v_hat, T* rstd, int64_t hat_stride);
 //   template <class T> static void normalize_rows_backward(T* d, int64_t rows, int64_t width,

@@ -475,21 +475,14 @@ struct GradMask {
        ln_bias_c = true;
 };
 
-// sum over rows of a * b, [N, C] each -> [C]; in float32 for half types (fp32 accumulation,
-// DESIGN §3).
-inline Tensor sum_of_products(const Tensor& a, const Tensor& b) {
-  const auto acc = at::isReducedFloatingType(a.scalar_type()) ? at::kFloat : a.scalar_type();
-  return at::mul(a.to(acc), b.to(acc)).sum(0).to(a.scalar_type());
-}
-
 // A peephole LSTM's dL/d[w_ci|w_cf|w_co] [3H]: per weight, the sum over rows of a gate's
 // pre-activation gradient times the cell state it looks at (LstmCell::kPeepholeGrads).
-template <class Cell>
+template <class Cell, class Device>
 Tensor peephole_grad(const Tensor& d_gates, const Tensor& cell_ws, int64_t hidden) {
   std::vector<Tensor> parts;
   for (const auto& pg : Cell::kPeepholeGrads) {
-    parts.push_back(
-        sum_of_products(d_gates.narrow(1, pg.gate * hidden, hidden), cell_ws.narrow(1, pg.state * hidden, hidden)));
+    parts.push_back(Device::sum_of_products(d_gates.narrow(1, pg.gate * hidden, hidden),
+                                            cell_ws.narrow(1, pg.state * hidden, hidden)));
   }
   return at::cat(parts);
 }
@@ -502,15 +495,15 @@ void layer_norm_grads(const GradSources& s, const NormWeights& w, const GradMask
   const int64_t gh = s.d_gates_x.size(1), hidden = gh / Cell::kGates;
   const NormColumns nc(0, gh);
   const Tensor x_hat = s.norm_ws.narrow(1, nc.x_hat, gh), h_hat = s.norm_ws.narrow(1, nc.h_hat, gh);
-  g->ln_weight_ih = mask.ln_weight_ih ? sum_of_products(s.d_gates_x, x_hat) : at::empty({0}, opts);
-  g->ln_weight_hh = mask.ln_weight_hh ? sum_of_products(s.d_gates_h, h_hat) : at::empty({0}, opts);
+  g->ln_weight_ih = mask.ln_weight_ih ? Device::sum_of_products(s.d_gates_x, x_hat) : at::empty({0}, opts);
+  g->ln_weight_hh = mask.ln_weight_hh ? Device::sum_of_products(s.d_gates_h, h_hat) : at::empty({0}, opts);
   g->ln_weight_c = at::empty({0}, opts);  // one empty tensor each: results must not alias
   g->ln_bias_c = at::empty({0}, opts);
   if constexpr (Cell::kHasCellState) {
     const Tensor stats = s.norm_ws.narrow(1, nc.c_stats, 2);
     const Tensor c_new = s.cell_ws.narrow(1, Cell::kCellStateColumn * hidden, hidden);
     const Tensor c_hat = (c_new - stats.narrow(1, 0, 1)) * stats.narrow(1, 1, 1);
-    if (mask.ln_weight_c) g->ln_weight_c = sum_of_products(s.d_c_norm, c_hat);
+    if (mask.ln_weight_c) g->ln_weight_c = Device::sum_of_products(s.d_c_norm, c_hat);
     if (mask.ln_bias_c) g->ln_bias_c = s.d_c_norm.sum(0);
   }
   Device::dispatch(s.x.scalar_type(), Cell::kName, [&](auto tag) {
@@ -541,7 +534,7 @@ LayerGrads weight_and_input_grads(const GradSources& s, const LayerWeights& w, a
   if constexpr (Cell::kHasCellState) {
     const int64_t hidden = w.w_hh.size(0) / Cell::kGates;
     g.weight_ch = unless(w.w_ch.has_value() && mask.weight_ch,
-                         [&] { return peephole_grad<Cell>(s.d_gates_x, s.cell_ws, hidden); });
+                         [&] { return peephole_grad<Cell, Device>(s.d_gates_x, s.cell_ws, hidden); });
   } else {
     g.weight_ch = at::empty({0}, opts);
   }
