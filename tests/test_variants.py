@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
-from fused_rnn import reference
+from fused_rnn import functional, reference
 
 from checks import assert_close
 
@@ -323,3 +323,52 @@ def test_compiled_model_matches_eager():
     leaves = [x, *module.parameters(), *cell.parameters()]
     for a, b in zip(torch.autograd.grad(compiled(x).sum(), leaves), torch.autograd.grad(model(x).sum(), leaves)):
         assert_close(a, b, "gradient")
+
+
+@pytest.mark.parametrize("mode,options", VARIANTS, ids=VARIANT_IDS)
+def test_autocast_gives_the_plain_modules_dtypes(mode, options):
+    """Under CPU bf16 autocast a variant returns what the plain fused module returns (torch.nn's
+    dtypes), its values near the float32 run's, and its parameters get float32 gradients."""
+    module = randomized(MODULES[mode][0](I, H, **options))
+    plain = MODULES[mode][0](I, H)
+    x = torch.randn(T, B, I)
+    want = as_list(module(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, plain_out = as_list(module(x)), as_list(plain(x))
+    for a, p, w in zip(got, plain_out, want):
+        assert a.dtype == p.dtype
+        assert_close(a.float(), w, "autocast result", tol=3e-2)
+    sum(t.float().sum() for t in got).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
+
+
+def test_export_matches_eager():
+    module = randomized(peephole_lstm(num_layers=2, bidirectional=True, layer_norm=True))
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    exported = torch.export.export(module, (x,))
+    for a, b in zip(as_list(exported.module()(x)), as_list(module(x))):
+        assert_close(a, b, "exported result")
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(ln_weight_c=None), "takes ln_weight_ih, ln_weight_hh, ln_weight_c and ln_bias_c together"),
+    (dict(ln_weight_hh=torch.ones(3 * H, dtype=torch.float64)), "expected ln_weight_hh of shape"),
+    (dict(ln_bias_c=torch.ones(H, dtype=torch.float32)), "ln_bias_c"),
+    (dict(weight_ch=torch.ones(H, dtype=torch.float64)), "expected weight_ch of shape"),
+])
+def test_bad_variant_weights_are_refused(change, message):
+    """The ops check every variant weight (shape, dtype, all-or-none), naming it."""
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    w = [torch.randn(4 * H, I, dtype=torch.float64), torch.randn(4 * H, H, dtype=torch.float64)]
+    def f64(*shape):
+        return torch.randn(shape, dtype=torch.float64)
+
+    variant = dict(weight_ch=f64(3 * H), ln_weight_ih=f64(4 * H), ln_weight_hh=f64(4 * H), ln_weight_c=f64(H),
+                   ln_bias_c=f64(H))
+    variant.update(change)
+    for fn, arg in ((functional.lstm, x), (functional.lstm_cell, x[0])):
+        with pytest.raises(RuntimeError, match=message):
+            fn(arg, None, *w, **variant)
+    with pytest.raises(RuntimeError, match="takes ln_weight_ih and ln_weight_hh together"):
+        functional.gru(x, None, torch.randn(3 * H, I, dtype=torch.float64), torch.randn(3 * H, H, dtype=torch.float64),
+                       ln_weight_ih=torch.ones(3 * H, dtype=torch.float64))
