@@ -9,8 +9,9 @@ conversion only changes each module's class: the very same Parameter objects (an
 built before the conversion keeps working), buffers, device, dtype, training mode, hooks and
 state_dict keys stay as they are.
 
-A cell variant torch.nn does not have (``peephole=True``, ``layer_norm=True``) has no
-torch.nn counterpart: ``to_torch`` refuses a model that holds one, before converting anything.
+A cell variant or regularizer torch.nn does not have (``peephole``, ``layer_norm``,
+``weight_drop``, ``residual``) has no torch.nn counterpart: ``to_torch`` refuses a model that
+holds one, before converting anything.
 
 Only modules of exactly these classes are converted. A user's own subclass of ``nn.LSTM``
 may have its own ``forward`` and is left alone. A module with parametrized weights
@@ -21,8 +22,8 @@ the new base, carrying the same parametrization properties.
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from . import regularizers, variants
 from . import rnn as _fused
-from . import variants
 
 __all__ = ["to_fused", "to_torch"]
 
@@ -67,13 +68,14 @@ def _target_class(module, mapping):
 
 def _refuse_variants(model):
     for name, module in model.named_modules():
-        options = variants.options_repr(module).lstrip(", ")
+        options = (variants.options_repr(module) + regularizers.options_repr(module)).lstrip(", ")
         if options:
             where = f"model.{name}" if name else "model"
+            dropped = module._variant_weight_names
             raise ValueError(
-                f"to_torch: {where} is a {type(module).__name__} with {options}, a cell torch.nn does not have: "
-                f"converting it would drop its parameters {', '.join(module._variant_weight_names)} and change "
-                "what it computes")
+                f"to_torch: {where} is a {type(module).__name__} with {options}, which torch.nn does not have: "
+                "converting it would change what it computes"
+                + (f" and drop its parameters {', '.join(dropped)}" if dropped else ""))
 
 
 def _convert(model, mapping):

@@ -18,7 +18,9 @@ On CPU this draws the very same masks as torch.nn for the same seed.
 
 Beyond torch.nn, keyword-only options select cell variants (fused_rnn/variants.py: their
 parameters): ``LSTM(..., *, peephole=False, layer_norm=False)``, ``GRU(..., *, layer_norm=False)``
-and the same on LSTMCell / GRUCell. Off by default, so every torch.nn call is unchanged.
+and the same on LSTMCell / GRUCell; and regularizers of the layer modules
+(fused_rnn/regularizers.py): ``weight_drop`` (DropConnect on W_hh) and ``residual``. Off by
+default, so every torch.nn call is unchanged.
 """
 
 import torch
@@ -26,7 +28,7 @@ import torch.nn.functional as torch_F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _autocast, _torch_private, functional, reference, variants
+from . import _autocast, _torch_private, functional, reference, regularizers, variants
 from . import _nn_checks as checks
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
@@ -40,10 +42,16 @@ class _FusedRNNMixin(variants.VariantOptions):
     """forward() for the three RNNBase subclasses below (and the variant options); everything
     else is torch.nn's."""
 
-    def _setup_variants(self, **options):
+    weight_drop, residual = 0.0, False  # regularizers.py, set by the constructors
+
+    def _setup_options(self, weight_drop, residual, **variant_options):
+        regularizers.check(self, weight_drop, residual)
         directions = ["", "_reverse"] if self.bidirectional else [""]
         suffixes = [f"_l{layer}{d}" for layer in range(self.num_layers) for d in directions]
-        variants.setup(self, self.mode, self._gates, suffixes, **options)
+        variants.setup(self, self.mode, self._gates, suffixes, **variant_options)
+
+    def extra_repr(self):
+        return super().extra_repr() + regularizers.options_repr(self)
 
     def _current_weights(self):
         # torch.nn's own refresh: re-reads every weight by name when one has been replaced
@@ -151,6 +159,11 @@ class _FusedRNNMixin(variants.VariantOptions):
         layer_op, op_kwargs = _LAYER_OPS[self.mode]
         num_directions = 2 if self.bidirectional else 1
         per_direction = self._per_direction(weights)
+        layer_weights = [self._layer_weights(weights[i * per_direction:(i + 1) * per_direction])
+                         for i in range(self.num_layers * num_directions)]
+        if self.weight_drop and self.training:  # one mask per W_hh and call, drawn before any layer runs
+            masks = regularizers.weight_drop_masks(self, [w[1] for w in layer_weights])
+            layer_weights = [(w[0], w[1] * mask, *w[2:]) for w, mask in zip(layer_weights, masks)]
         states_n = []  # per layer and direction: h, or (h, c)
         layer_input = input
         for layer in range(self.num_layers):
@@ -158,13 +171,14 @@ class _FusedRNNMixin(variants.VariantOptions):
             for direction in range(num_directions):
                 index = layer * num_directions + direction
                 out, state_n = layer_op(
-                    layer_input, _layer_state(hx, index),
-                    *self._layer_weights(weights[index * per_direction:(index + 1) * per_direction]),
+                    layer_input, _layer_state(hx, index), *layer_weights[index],
                     batch_sizes=batch_sizes, reverse=direction == 1, **op_kwargs, **self._variant_weights(index),
                 )
                 outputs.append(out)
                 states_n.append(state_n)
             layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
+            if self.residual and layer > 0:
+                layer_output = layer_output + layer_input
             # torch.nn: dropout on the outputs of every layer but the last, in training only.
             if self.dropout != 0 and self.training and layer < self.num_layers - 1:
                 layer_output = torch_F.dropout(layer_output, self.dropout, training=True)
@@ -250,22 +264,27 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
     _gates = 4
 
-    def __init__(self, *args, peephole=False, layer_norm=False, **kwargs):
+    def __init__(self, *args, peephole=False, layer_norm=False, weight_drop=0.0, residual=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setup_variants(peephole=peephole, layer_norm=layer_norm)
+        self._setup_options(weight_drop, residual, peephole=peephole, layer_norm=layer_norm)
 
 
 class GRU(_FusedRNNMixin, nn.GRU):
     __doc__ = nn.GRU.__doc__
     _gates = 3
 
-    def __init__(self, *args, layer_norm=False, **kwargs):
+    def __init__(self, *args, layer_norm=False, weight_drop=0.0, residual=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setup_variants(layer_norm=layer_norm)
+        self._setup_options(weight_drop, residual, layer_norm=layer_norm)
 
 
 class RNN(_FusedRNNMixin, nn.RNN):
     __doc__ = nn.RNN.__doc__
+    _gates = 1
+
+    def __init__(self, *args, weight_drop=0.0, residual=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_options(weight_drop, residual)
 
 
 # torch.compile(model, fullgraph=True) traces these without the user setting a dynamo flag.

@@ -300,7 +300,7 @@ def test_to_torch_refuses_variants():
         fused_rnn.to_torch(model)
     assert type(model[1]) is fused_rnn.LSTM  # nothing converted
     cell = fused_rnn.LSTMCell(I, H, peephole=True)
-    with pytest.raises(ValueError, match="a cell torch.nn does not have"):
+    with pytest.raises(ValueError, match="which torch.nn does not have"):
         fused_rnn.to_torch(cell)
     with pytest.raises(ValueError, match=r"model is a GRU with layer_norm=True.*parameters ln_weight_ih, ln_weight_hh"):
         fused_rnn.to_torch(fused_rnn.GRU(I, H, layer_norm=True))

@@ -1,0 +1,165 @@
+"""The layer modules' regularizer options (fused_rnn/regularizers.py): weight_drop (DropConnect
+on W_hh, one mask per call) and residual layers. Against the same module without the option
+given the same masks, statistics of the masks, eval mode, and what must keep working
+(flatten_parameters, no warnings, state_dict, to_torch, torch.compile)."""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import fused_rnn
+from fused_rnn import regularizers
+
+from checks import assert_close
+
+T, B, I, H = 5, 3, 4, 6
+MODES = [(fused_rnn.LSTM, {}), (fused_rnn.GRU, {}), (fused_rnn.RNN, {"nonlinearity": "relu"}),
+         (fused_rnn.LSTM, {"proj_size": 2, "layer_norm": True})]
+MODE_IDS = ["LSTM", "GRU", "RNN-relu", "LSTM-proj-ln"]
+
+
+def build(cls, kwargs, **options):
+    torch.manual_seed(1)
+    return cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **kwargs, **options)
+
+
+def results(out):
+    out, hidden = out
+    return [out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def grads(outputs, leaves):
+    g = torch.Generator().manual_seed(5)
+    return torch.autograd.grad(outputs, leaves, [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outputs])
+
+
+def w_hh_names(module):
+    return [n for n, _ in module.named_parameters() if n.startswith("weight_hh")]
+
+
+@pytest.mark.parametrize("cls,kwargs", MODES, ids=MODE_IDS)
+def test_weight_drop_is_the_plain_module_with_masked_weight_hh(cls, kwargs):
+    """In training: the plain module with every W_hh times its mask (weight_drop_masks, drawn
+    from the same seed), outputs and the gradients of input and every parameter; the gradient
+    of W_hh reaches the real parameter through the mask."""
+    dropped = build(cls, kwargs, weight_drop=0.4)
+    plain = build(cls, kwargs)
+    plain.load_state_dict(dropped.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(7)
+    got = results(dropped(x))
+    torch.manual_seed(7)
+    masks = regularizers.weight_drop_masks(dropped, [getattr(dropped, n) for n in w_hh_names(dropped)])
+    params = dict(plain.named_parameters())
+    masked = {**params, **{n: params[n] * m for n, m in zip(w_hh_names(plain), masks)}}
+    want = results(functional_call(plain, masked, (x,)))
+    for a, b in zip(got, want):
+        assert_close(a, b, "result")
+    for a, b in zip(grads(got, [x, *dropped.parameters()]), grads(want, [x, *plain.parameters()])):
+        assert_close(a, b, "gradient")
+    assert any(bool((m == 0).any()) for m in masks), "no element dropped: the test would not see a missing mask"
+
+
+@pytest.mark.parametrize("cls,kwargs", MODES, ids=MODE_IDS)
+def test_eval_mode_and_zero_rate_are_the_plain_module(cls, kwargs):
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    plain = build(cls, kwargs)
+    for options, training in ((dict(weight_drop=0.5), False), (dict(weight_drop=0.0), True)):
+        module = build(cls, kwargs, **options).train(training)
+        for a, b in zip(results(module(x)), results(plain.train(training)(x))):
+            assert torch.equal(a, b)
+
+
+def test_weight_drop_masks_statistics():
+    """Over many draws: the fraction of zeroed elements is p and the mean of a dropped weight
+    is the weight (mask mean 1), within 5 binomial standard deviations."""
+    p, draws = 0.3, 200
+    module = build(fused_rnn.LSTM, {}, weight_drop=p)
+    w = module.weight_hh_l0
+    masks = torch.stack([regularizers.weight_drop_masks(module, [w])[0] for _ in range(draws)])
+    n = masks.numel()
+    zeros = (masks == 0).double().mean().item()
+    assert abs(zeros - p) < 5 * math.sqrt(p * (1 - p) / n)
+    assert set(masks.unique().tolist()) == {0.0, 1 / (1 - p)}
+    mean = (w * masks).mean(0)  # each element: w * (mean of draws of m / (1 - p))
+    sd = w.abs() * math.sqrt(p / (1 - p) / draws)
+    assert ((mean - w).abs() <= 5 * sd + 1e-12).all()
+
+
+def test_weight_drop_is_reproducible_and_keeps_the_module_as_it_is():
+    """torch.manual_seed reproduces a training call; no parameter is re-registered, nothing
+    warns, flatten_parameters() is harmless and the state_dict keys are torch.nn's."""
+    module = build(fused_rnn.LSTM, {}, weight_drop=0.5)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module.flatten_parameters()
+        torch.manual_seed(3)
+        first = module(x)[0]
+        torch.manual_seed(3)
+        second = module(x)[0]
+    assert torch.equal(first, second) and not torch.equal(first, module(x)[0])
+    assert list(module.state_dict()) == list(nn.LSTM(I, H, num_layers=2, bidirectional=True).state_dict())
+    assert all(isinstance(p, nn.Parameter) for p in module._flat_weights)
+
+
+@pytest.mark.parametrize("cls,kwargs", MODES, ids=MODE_IDS)
+def test_residual_adds_each_layers_input_from_the_second_on(cls, kwargs):
+    """Three layers: out1 = L1(out0) + out0, out2 = L2(out1) + out1, checked against the
+    layers run one by one (the same weights), outputs, states and gradients."""
+    torch.manual_seed(2)
+    size = 2 * (kwargs.get("proj_size") or H)  # bidirectional layers' output = next input
+    module = cls(size, H, num_layers=3, bidirectional=True, residual=True, dtype=torch.float64, **kwargs)
+    x = torch.randn(T, B, size, dtype=torch.float64, requires_grad=True)
+    got = results(module(x))
+    layers = []
+    for k in range(3):
+        layer = cls(size, H, bidirectional=True, dtype=torch.float64, **kwargs)
+        layer.load_state_dict({name.replace(f"_l{k}", "_l0"): v for name, v in module.state_dict().items()
+                               if f"_l{k}" in name})
+        layers.append(layer)
+    out, finals = x, []
+    for k, layer in enumerate(layers):
+        layer_out, hidden = layer(out)
+        out = layer_out + out if k > 0 else layer_out
+        finals.append(hidden if isinstance(hidden, tuple) else (hidden,))
+    want = [out, *(torch.cat(s) for s in zip(*finals))]
+    for a, b in zip(got, want):
+        assert_close(a, b, "result")
+    leaves = [x, *module.parameters()]
+    layer_leaves = [x, *[p for k in range(3) for p in layers[k].parameters()]]
+    got_grads = dict(zip(["x", *[n for n, _ in module.named_parameters()]], grads(got, leaves)))
+    want_grads = grads(want, layer_leaves)
+    names = ["x"] + [n.replace("_l0", f"_l{k}") for k in range(3) for n, _ in layers[k].named_parameters()]
+    for name, g in zip(names, want_grads):
+        assert_close(got_grads[name], g, f"gradient of {name}")
+
+
+def test_options_are_checked_shown_and_refused_by_to_torch():
+    with pytest.raises(ValueError, match=r"weight_drop should be a number in range \[0, 1\]"):
+        fused_rnn.GRU(I, H, weight_drop=1.5)
+    with pytest.raises(TypeError, match="residual should be a bool"):
+        fused_rnn.RNN(I, H, residual=1)
+    module = fused_rnn.LSTM(I, H, num_layers=2, weight_drop=0.25, residual=True)
+    assert "weight_drop=0.25, residual=True" in repr(module)
+    with pytest.raises(ValueError, match="with weight_drop=0.25, residual=True, which torch.nn does not have"):
+        fused_rnn.to_torch(module)
+
+
+def test_compiled_training_step_matches_eager():
+    """torch.compile(fullgraph=True) of a weight-dropped residual LSTM in training: the same
+    masks for the same seed, the same results and gradients."""
+    module = build(fused_rnn.LSTM, {}, weight_drop=0.3, residual=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    compiled = torch.compile(lambda inp: module(inp)[0], fullgraph=True, backend="aot_eager")
+    torch.manual_seed(4)
+    got = compiled(x)
+    got_grads = torch.autograd.grad(got.sum(), list(module.parameters()))
+    torch.manual_seed(4)
+    want = module(x)[0]
+    assert_close(got, want, "compiled result")
+    for a, b in zip(got_grads, torch.autograd.grad(want.sum(), list(module.parameters()))):
+        assert_close(a, b, "compiled gradient")
