@@ -9,7 +9,7 @@ import fused_rnn
 from fused_rnn import _ops, functional
 
 from checks import assert_close
-from op_cases import CELLS, GATES, check_against_reference, compare, make_case, projected
+from op_cases import CELLS, GATES, check_against_reference, compare, make_case, nn_scaled, projected
 
 pytestmark = pytest.mark.usefixtures("poison_buffers")
 
@@ -30,8 +30,12 @@ GEMM_PATHS = {"packed-row-blocks-8-5": dict(T=6, B=13, H=37), "packed-row-blocks
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("path", GEMM_PATHS)
 def test_float32_every_step_gemm_path(cell, path):
-    """In forward and backward (GRU's accumulating GEMM and the projection's too)."""
-    check_against_reference(make_case(cell, reverse=True, dtype=torch.float32, I=11, **GEMM_PATHS[path]))
+    """In forward and backward (GRU's accumulating GEMM and the projection's too). Weights of
+    torch.nn's init size (nn_scaled): with make_case's std 0.5 a layer-normalized, projected
+    cell in float32 is so ill-conditioned that plain PyTorch's own error varies from 1e-6 to
+    1e-5 between seeds, and the comparison would measure that, not the GEMM path."""
+    case = make_case(cell, reverse=True, dtype=torch.float32, I=11, **GEMM_PATHS[path])
+    check_against_reference(case if "scale" in GEMM_PATHS[path] else nn_scaled(case))
 
 
 # A forward of a few rows is split over the CPU threads by hidden units, all steps in one
