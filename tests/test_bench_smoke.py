@@ -240,3 +240,79 @@ def test_bench_variant_sides_agree():
         pair.modules["torchscript"].cell.weight_ch.fill_(0.5)
     with pytest.raises(variants.SidesDisagree, match="TorchScript"):
         pair.check("fwd")
+
+
+# The regularizers section's cases: (name, layers, baseline side).
+REGULARIZERS = (("weight_drop", 1, "awd"), ("residual", 3, "torch"))
+
+
+def test_bench_regularizers_section(tmp_path, capsys):
+    """--section regularizers: weight_drop against AWD-LSTM's WeightDrop, residual against
+    torch.nn layers, each against our plain module; fwd+bwd only, three times and two ratios per
+    row, in the JSON and the table."""
+    rows = _quick_section_rows("regularizers", tmp_path)  # each case through the agreement check
+    assert [(r["variant"], r["layers"], r["baseline"]) for r in rows[::2]] == list(REGULARIZERS)
+    assert {(r["cell"], r["kind"], r["mode"]) for r in rows} == {("lstm", "regularizer", "fwdbwd")}
+    for r in rows:
+        for side in ("fused", r["baseline"], "plain"):
+            assert r[f"{side}_ms"] > 0 and r[f"{side}_mem_bytes"] > 0, (side, r)
+        assert r["rel_diff_fused"] < 1e-4 and r["rel_diff_grad"] is not None
+        assert math.isclose(r["baseline_over_fused"], r[f"{r['baseline']}_ms"] / r["fused_ms"])
+        assert math.isclose(r["fused_over_plain"], r["fused_ms"] / r["plain_ms"])
+        assert r["ratio"] == r["baseline_over_fused"]
+    printed = capsys.readouterr().out
+    for column in ("AWD ms", "torch.nn ms", "plain ms", "baseline/fused", "fused/plain"):
+        assert column in printed and column in (tmp_path / "regularizers.md").read_text()
+    # The targets are reported at the standard shape, B 64 and 8, whatever the layers (never asserted).
+    standard = [dict(r, seq_len=100, input_size=512, hidden=512, batch=b) for r in rows[::2] for b in (64, 8)]
+    targets = bench.summary(standard)["targets"]
+    assert [t["case"] for t in targets] == [r["case"] for r in rows[::2] for _ in (64, 8)]
+    assert {(t["baseline_over_fused"]["target"], t["fused_over_plain"]["target"]) for t in targets} == {
+        (">= 3", "<= 1.2")}
+    args = bench.parse_args(["--section", "regularizers"])
+    assert args.modes == ["fwdbwd"]
+    names = [c.name for c in bench.build_cases(args, bench.resolve_device("cpu"))]
+    assert names == [f"lstm {name} T100 B{b} I512 H512 L{layers} fp32" for name, layers, _ in REGULARIZERS
+                     for b in (64, 8)]
+    for wrong in (["-L", "2"], ["--modes", "fwd"], ["--null"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--section", "regularizers", *wrong])
+
+
+def test_bench_regularizer_wrong_side_refused():
+    """The agreement check compares the same weight-drop masks (the same seed before each side's
+    call: fused_rnn's and AWD-LSTM's wrapper draw alike) and refuses a side that computes
+    something else: another p, one random draw more before the masks, no residual additions."""
+    import torch
+
+    from fused_rnn.bench import regularizers
+
+    def pair(name, layers):
+        case = bench.Case(cell="lstm", seq_len=5, batch=2, input_size=8, hidden=16, layers=layers,
+                          kind="regularizer", variant=name)
+        return bench.RegularizerPair(case, "cpu", n_sets=1)
+
+    p = pair("weight_drop", 1)
+    assert p.check("fwdbwd")["rel_diff"] < 1e-4
+    awd = p.modules["awd"]
+    names = sorted(regularizers._unwrap_name(n) for n, _ in awd.named_parameters())
+    assert names == sorted(n for n, _ in p.modules["fused"].named_parameters())  # the raw W_hh's gradient too
+    with torch.no_grad():  # the masks are on: fused differs from plain in training
+        outs = {side: p.forward(side, p.sets[0])[0] for side in ("fused", "plain")}
+    assert not torch.allclose(outs["fused"], outs["plain"], atol=1e-3)
+    awd.dropout = 0.25
+    with pytest.raises(regularizers.SidesDisagree, match="WeightDrop"):
+        p.check("fwdbwd")
+    awd.dropout = regularizers.WEIGHT_DROP
+    setweights = awd._setweights
+    awd._setweights = lambda: (torch.rand(1), setweights())  # another draw first: other masks
+    with pytest.raises(regularizers.SidesDisagree, match="WeightDrop"):
+        p.check("fwdbwd")
+    del awd._setweights
+    assert p.check("fwdbwd")["rel_diff"] < 1e-4
+
+    p = pair("residual", 3)
+    assert p.check("fwdbwd")["rel_diff"] < 1e-4
+    p.modules["torch"].residual = False
+    with pytest.raises(regularizers.SidesDisagree, match="torch.nn layers"):
+        p.check("fwdbwd")

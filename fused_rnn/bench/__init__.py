@@ -27,11 +27,17 @@ batch size and a Markdown copy of the table, see ``--out``.
 The variants section (``--section variants``) times each variant of fused_rnn's modules
 (``LSTM(peephole=True)``, ``LSTM(layer_norm=True)``, both, ``GRU(layer_norm=True)``) against
 the same equations as a TorchScript cell loop and a plain Python loop, and against fused_rnn's
-plain module of the same shape: four sides, three ratios.
+plain module of the same shape: four sides, three ratios. The regularizers section
+(``--section regularizers``) times fused_rnn's regularizer options in training
+(``LSTM(weight_drop=0.5)`` against AWD-LSTM's WeightDrop wrapper around torch.nn.LSTM,
+``LSTM(num_layers=3, residual=True)`` against torch.nn layers with ``x + layer(x)``), and
+against the plain module: three sides, two ratios.
 
 Modules: ``cases`` (the sweeps, ``Case``, ``build_cases``), ``pairing`` (``Pair``: both
-modules and the input sets), ``decoder`` and ``variants`` (the decoder and variants
-sections' pairs and models), ``checks`` (rel diff, saved bytes, torch.nn's backend),
+modules and the input sets), ``decoder``, ``variants`` and ``regularizers`` (those sections'
+pairs and models), ``multiside`` (what the variants and regularizers sections share: their
+``Section``, ``MultiSidePair`` and its agreement check), ``checks`` (rel diff, saved bytes,
+torch.nn's backend),
 ``timing`` (``measure``, ``run_case``, ``run``), ``tf32``, ``environment``, ``report``
 (table, summary, files), ``plotting`` and ``cli`` (``parse_args``, ``main``).
 """
@@ -50,14 +56,15 @@ from .cli import main, parse_args, resolve_device, timing_from_args
 from .environment import environment
 from .pairing import Pair, fused_classes, torch_classes
 from .plotting import plot
+from .regularizers import REGULARIZERS, RegularizerPair
 from .report import FORMAT, summary, table
 from .tf32 import set_tf32
 from .timing import measure, run, run_case
 from .variants import VARIANTS, VariantPair
 
 __all__ = [
-    "CELLS", "FORMAT", "MODES", "MODE_LABEL", "SHORT_BATCHES", "STANDARD", "SUSPECT_REL_DIFF",
-    "VARIANTS", "Case", "Pair", "VariantPair", "build_cases", "environment", "fused_classes", "main", "measure",
-    "packed_lengths", "parse_args", "plot", "resolve_device", "run", "run_case", "set_tf32",
+    "CELLS", "FORMAT", "MODES", "MODE_LABEL", "REGULARIZERS", "SHORT_BATCHES", "STANDARD", "SUSPECT_REL_DIFF",
+    "VARIANTS", "Case", "Pair", "RegularizerPair", "VariantPair", "build_cases", "environment", "fused_classes",
+    "main", "measure", "packed_lengths", "parse_args", "plot", "resolve_device", "run", "run_case", "set_tf32",
     "summary", "table", "timing_from_args", "torch_classes",
 ]

@@ -56,6 +56,13 @@ VARIANT_SHAPE = {"seq_len": 100, "hidden": 512, "dtype": "fp32"}  # I = H
 VARIANT_BATCHES = (64, 8, 1)
 QUICK_VARIANT_SHAPE = {"seq_len": 6, "hidden": 16, "dtype": "fp32"}
 QUICK_VARIANT_BATCHES = (3, 1)
+# The regularizers section (--section regularizers): each regularizer of fused_rnn
+# (bench/regularizers.py) in training at the standard shape, B 64 and 8 (where the issue sets
+# its targets), at the regularizer's own number of layers (weight_drop 1, residual 3).
+REGULARIZER_SHAPE = {"seq_len": 100, "hidden": 512, "dtype": "fp32"}  # I = H
+REGULARIZER_BATCHES = (64, 8)
+QUICK_REGULARIZER_SHAPE = {"seq_len": 6, "hidden": 16, "dtype": "fp32"}
+QUICK_REGULARIZER_BATCHES = (3, 1)
 PACKED_MIN_FRACTION = 0.3  # packed lengths drawn in [0.3 T, T]: 30..100 for T = 100
 
 _TF32 = {"off": [False], "on": [True], "both": [False, True]}
@@ -76,10 +83,14 @@ class Case:
     dtype: str = "fp32"
     tf32: bool | None = None
     autocast: str | None = None
-    kind: str = "layer"  # "cell": one step of the cell module; "decoder": a seq2seq model; "variant": variants.py
+    # "cell": one step of the cell module; "decoder": a seq2seq model; "variant": variants.py;
+    # "regularizer": regularizers.py
+    kind: str = "layer"
     style: str | None = None  # decoder: "luong-feed" (Luong with input feeding) or "bahdanau"
     decode: str | None = None  # decoder: "greedy" or "beam5" (timed as fwd); None: a training step
-    variant: str | None = None  # variant: its name in variants.py's VARIANTS ("peephole"), one layer
+    # variant: its name in variants.py's VARIANTS ("peephole"), one layer; regularizer: its name
+    # in regularizers.py's REGULARIZERS ("weight_drop"), at its layers
+    variant: str | None = None
 
     def tokens(self, with_batch=True):
         if self.kind == "decoder":
@@ -88,7 +99,7 @@ class Case:
         if self.kind == "cell":
             t = [f"{self.cell}cell"] + ([f"B{self.batch}"] if with_batch else [])
             return t + [f"I{self.input_size}", f"H{self.hidden}", self.dtype]
-        t = [self.cell] + ([self.variant] if self.kind == "variant" else []) + [f"T{self.seq_len}"]
+        t = [self.cell] + ([self.variant] if self.kind in ("variant", "regularizer") else []) + [f"T{self.seq_len}"]
         if with_batch:
             t.append(f"B{self.batch}")
         t += [f"I{self.input_size}", f"H{self.hidden}"] + ([] if self.kind == "variant" else [f"L{self.layers}"])
@@ -174,22 +185,39 @@ def _decoder_cases(args):
             for style in DECODER_STYLES for task in DECODER_TASKS]
 
 
+def _side_cases(args, device, entries, kind, shape, batches):
+    """A multi-side section's cases: each entry (a variant, a regularizer) of the selected cells
+    over the batches, at the shape (-B -T -H -I --dtype replace those axes) and the entry's
+    layers (1 where it has none)."""
+    grid = {k: getattr(args, k) or [v] for k, v in shape.items()}
+    grid.update(batch=args.batch or list(batches), input_size=args.input_size or [None])  # None: I = H
+    return [c for e in entries if e.cell in args.cells
+            for c in _grid_cases(e.cell, {**grid, "kind": [kind], "variant": [e.name],
+                                          "layers": [getattr(e, "layers", 1)]}, args.tf32, device)]
+
+
 def _variant_cases(args, device):
-    """The variants section: each variant of the selected cells over its batches, at its shape
-    (-B -T -H -I --dtype replace those axes)."""
+    """The variants section: each variant of the selected cells over its batches, at its shape."""
     from .variants import VARIANTS  # imported here: variants.py builds on pairing.py, which imports this
 
     shape, batches = ((QUICK_VARIANT_SHAPE, QUICK_VARIANT_BATCHES) if args.quick
                       else (VARIANT_SHAPE, VARIANT_BATCHES))
-    grid = {k: getattr(args, k) or [v] for k, v in shape.items()}
-    grid.update(batch=args.batch or list(batches), input_size=args.input_size or [None])  # None: I = H
-    return [c for v in VARIANTS if v.cell in args.cells
-            for c in _grid_cases(v.cell, {**grid, "kind": ["variant"], "variant": [v.name]}, args.tf32, device)]
+    return _side_cases(args, device, VARIANTS, "variant", shape, batches)
+
+
+def _regularizer_cases(args, device):
+    """The regularizers section: each regularizer of the selected cells over its batches."""
+    from .regularizers import REGULARIZERS  # imported here, as VARIANTS
+
+    shape, batches = ((QUICK_REGULARIZER_SHAPE, QUICK_REGULARIZER_BATCHES) if args.quick
+                      else (REGULARIZER_SHAPE, REGULARIZER_BATCHES))
+    return _side_cases(args, device, REGULARIZERS, "regularizer", shape, batches)
 
 
 def build_cases(args, device):
     """The list of cases picked by the parsed options, in run order."""
-    sections = {"cells": _cell_cases, "decoder": _decoder_cases, "variants": partial(_variant_cases, device=device)}
+    sections = {"cells": _cell_cases, "decoder": _decoder_cases, "variants": partial(_variant_cases, device=device),
+                "regularizers": partial(_regularizer_cases, device=device)}
     if args.section in sections:
         cases = sections[args.section](args)
         pattern = re.compile(args.filter) if args.filter else None

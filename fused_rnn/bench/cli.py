@@ -13,7 +13,7 @@ from .cases import CELLS, DTYPE_NAME, DTYPES, MODES, SHORT_BATCHES, build_cases
 from .environment import device_slug, environment, repo_root
 from .pairing import fused_classes, torch_classes
 from .plotting import require_matplotlib
-from .report import VARIANTS_CONFIG, ResultFiles, legend_text, print_report
+from .report import SECTIONS_BY_NAME, ResultFiles, legend_text, print_report
 from .timing import TIMING_DEFAULTS, run
 
 
@@ -48,7 +48,7 @@ def _yes_no_both(text):
 
 
 def _what_to_run(g):
-    g.add_argument("--section", choices=("layers", "cells", "decoder", "variants"), default="layers",
+    g.add_argument("--section", choices=("layers", "cells", "decoder", "variants", "regularizers"), default="layers",
                    help="layers: the modules over sequences (the sweeps below); cells: one step "
                         "of LSTMCell/GRUCell/RNNCell, fp64 B97 H51 (time_sequence_prediction), "
                         "fp32 B1 H256 and B64 H512, timed per call; decoder: a seq2seq model on "
@@ -57,7 +57,11 @@ def _what_to_run(g):
                         "each variant (LSTM peephole, layer_norm, both; GRU layer_norm) against "
                         "the same equations as a TorchScript cell loop and a plain Python loop, "
                         "and against our plain module of the same shape, T100 I=H=512 fp32, "
-                        "B 64/8/1, one layer")
+                        "B 64/8/1, one layer; regularizers: training (fwd+bwd) only, LSTM "
+                        "weight_drop=0.5 against AWD-LSTM's WeightDrop wrapper around torch.nn.LSTM "
+                        "(one layer) and residual=True against three torch.nn.LSTM layers with "
+                        "x + layer(x) (three layers), and each against our plain module, T100 "
+                        "I=H=512 fp32, B 64/8")
     g.add_argument("--sweep", choices=("standard", "short", "full"), default="short",
                    help="standard: T100 B64 I=H=512 L1 fp32 only; short: that with "
                         f"B in {list(SHORT_BATCHES)}; full: the docs/DESIGN.md §5 grid "
@@ -132,13 +136,18 @@ def parse_args(argv=None):
     _timing(p.add_argument_group("timing (defaults depend on the device; see bench/README.md)"))
     _output(p.add_argument_group("output"))
     args = p.parse_args(argv)
-    if args.section == "variants":
+    section = SECTIONS_BY_NAME.get(args.section)
+    if section is not None:  # a multi-side section
         unused = [name for name, given in (("--null", args.null), ("--autocast", args.autocast != "off"),
                                            ("-L", args.layers), ("--bidirectional", args.bidirectional),
                                            ("--packed", args.packed)) if given]
         if unused:
-            p.error(f"--section variants times one unidirectional layer on padded input against "
-                    f"TorchScript and Python loops: {', '.join(unused)} does not apply")
+            p.error(f"--section {args.section} {section.scope}: {', '.join(unused)} does not apply")
+        modes = [m for m in args.modes if m in section.modes]
+        if not modes:
+            p.error(f"--section {args.section} runs {', '.join(section.modes)} only, not --modes "
+                    f"{','.join(args.modes)}")
+        args.modes = modes
     if args.autocast != "off" and args.dtype not in (None, ["fp32"]):
         p.error(f"--autocast {args.autocast} runs float32 modules and inputs under "
                 f"torch.autocast: it takes --dtype fp32 (the default), not --dtype "
@@ -197,7 +206,8 @@ def _run_config(args, device, timing):
               "memory": "cuda: max_memory_allocated during one fwd+bwd minus memory_allocated "
                         "before it; *_saved_bytes (all devices): unique storages saved by "
                         "autograd (saved_tensors_hooks), parameters and inputs excluded"}
-    return config if args.section != "variants" else {**config, **VARIANTS_CONFIG}
+    section = SECTIONS_BY_NAME.get(args.section)
+    return config if section is None else {**config, **section.config}
 
 
 def _plot_wanted(args):
@@ -213,7 +223,8 @@ def _plot_wanted(args):
 
 
 def _announce(cases, args, env, device, label):
-    against = "TorchScript and Python loops, plain module" if args.section == "variants" else "torch.nn"
+    section = SECTIONS_BY_NAME.get(args.section)
+    against = "torch.nn" if section is None else section.against
     print(f"{len(cases)} case(s) x {len(args.modes)} mode(s) on {env['device_name']} "
           f"({device}); {label} vs {against}", file=sys.stderr)
     load = env["loadavg_at_start"]

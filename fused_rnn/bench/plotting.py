@@ -1,5 +1,6 @@
 """The PNG: ratio against batch size, one line per series (a case minus B), one panel per mode;
-in the variants section one line per series and ratio (TS/fused, Py/fused, fused/plain).
+in a multi-side section one line per series and ratio (variants: TS/fused, Py/fused,
+fused/plain; regularizers: baseline/fused, fused/plain).
 
 matplotlib is an optional extra (``pip install 'fused_rnn[bench]'``), imported only here.
 """
@@ -8,15 +9,13 @@ from __future__ import annotations
 import math
 
 from .cases import MODE_LABEL, MODES
-from .variants import RATIO_LABEL
+from .report import section_of
 
 MISSING_MATPLOTLIB = "fused_rnn bench needs matplotlib: pip install 'fused_rnn[bench]'"
 # Colour = cell; line style and marker = the rest of the series name (the variant).
 COLORS = {"lstm": "tab:blue", "gru": "tab:orange", "rnn": "tab:green"}
 STYLES = ["-", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2, 2, 2))]
 MARKERS = "osD^v<>ph*"
-RATIO_COLORS = {"torchscript_over_fused": "tab:red", "python_over_fused": "tab:purple",
-                "fused_over_plain": "tab:gray"}
 
 
 def require_matplotlib():
@@ -41,21 +40,21 @@ def _ratio_ticks(ratios):
     return [2.0 ** k for k in range(k_lo, k_hi + step, step)]
 
 
-def _draw(ax, ok, mode, labels, variant_of, key="ratio"):
+def _draw(ax, ok, mode, labels, variant_of, key="ratio", section=None):
     """One line per series; ``variant_of`` gives a variant the same style in every panel. A
-    ratio other than "ratio" (the variants section) is coloured and labelled by its name."""
+    ratio of a multi-side ``section`` is coloured and labelled by its name."""
     for s, label in labels.items():
         pts = sorted((r["batch"], r[key]) for r in ok if r["series"] == s
                      and r["mode"] == mode and r.get(key))
         if not pts:
             continue
         cell, *variant = s.split()
-        # The colour tells the cells apart, or in the variants section the ratios: there the
+        # The colour tells the cells apart, or in a multi-side section the ratios: there the
         # style keys on the whole series ("lstm layer_norm" and "gru layer_norm" differ).
-        k = variant_of.setdefault(" ".join(variant) if key == "ratio" else s, len(variant_of))
-        color = COLORS.get(cell, "k") if key == "ratio" else RATIO_COLORS.get(key, "k")
-        if key != "ratio":
-            label = RATIO_LABEL[key] + (f" {label}" if len(labels) > 1 else "")
+        k = variant_of.setdefault(" ".join(variant) if section is None else s, len(variant_of))
+        color = COLORS.get(cell, "k") if section is None else section.ratio_colors.get(key, "k")
+        if section is not None:
+            label = section.ratio_label[key] + (f" {label}" if len(labels) > 1 else "")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color,
                 linestyle=STYLES[k % len(STYLES)], marker=MARKERS[k % len(MARKERS)],
                 markersize=4, label=label)
@@ -89,8 +88,8 @@ def plot(rows, path, env, candidate_label="fused_rnn"):
     modes = [m for m in MODES if any(r["mode"] == m for r in ok)]
     if not modes:
         return None
-    variants = any(r.get("kind") == "variant" for r in ok)
-    keys = list(RATIO_LABEL) if variants else ["ratio"]
+    section = section_of(ok)
+    keys = ["ratio"] if section is None else list(section.ratio_label)
     labels, common = _labels(list(dict.fromkeys(r["series"] for r in ok)))
     fig = Figure(figsize=(6.5 * len(modes) + 2.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself to the figure: savefig without pyplot's state
@@ -98,16 +97,22 @@ def plot(rows, path, env, candidate_label="fused_rnn"):
     ticks = _ratio_ticks([r[k] for r in ok for k in keys if r.get(k)])
     batches = sorted({r["batch"] for r in ok})
     variant_of = {}
-    ylabel = "time ratio" if variants else f"torch.nn time / {candidate_label} time"
-    reading = "fused faster; in fused/plain: the variant slower" if variants else f"{candidate_label} faster"
+    ylabel = f"torch.nn time / {candidate_label} time" if section is None else "time ratio"
+    reading = f"{candidate_label} faster" if section is None else section.reading
     for ax, mode in zip(axes, modes):
         for key in keys:
-            _draw(ax, ok, mode, labels, variant_of, key)
+            _draw(ax, ok, mode, labels, variant_of, key, section)
         _style(ax, batches, ticks, MODE_LABEL[mode], ylabel)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    # One panel of a multi-side section (the regularizers' fwd+bwd) is too narrow for the title
+    # and the legend side by side: the legend goes below it, the reading on a line of its own.
+    narrow = section is not None and len(modes) == 1
+    if narrow:
+        fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize="small")
+    else:
+        fig.legend(handles, names, loc="outside right upper", fontsize="small")
     fig.suptitle(f"{' '.join(t for t in common if not t.startswith('B'))}  on "
                  f"{env['device_name']} ({env['device']}, {env['threads']} threads), "
-                 f"torch {env['torch']}  (> 1: {reading})", fontsize="medium")
+                 f"torch {env['torch']}{chr(10) if narrow else '  '}(> 1: {reading})", fontsize="medium")
     fig.savefig(path, dpi=110)
     return path

@@ -1,6 +1,7 @@
 """What a run reports: the progress lines, the table (plain and Markdown), the summary, the
-legend, and the files (JSON, Markdown, plot). The variants section's rows have four sides and
-three ratios (bench/variants.py): their own columns, summary and legend."""
+legend, and the files (JSON, Markdown, plot). The rows of a multi-side section (the variants
+section's four sides and three ratios, bench/variants.py; the regularizers section's,
+bench/regularizers.py) have their section's columns, summary and legend (multiside.Section)."""
 from __future__ import annotations
 
 import json
@@ -11,28 +12,18 @@ import time
 
 from .cases import MODE_LABEL, MODES, STANDARD
 from .environment import loadavg
-from .variants import RATIO_LABEL, RATIOS, SIDE_LABEL, SIDES, TARGET_BATCHES, TARGET_MODE, TARGETS
+from .regularizers import SECTION as REGULARIZERS_SECTION
+from .variants import SECTION as VARIANTS_SECTION
 
 FORMAT = "fused_rnn-bench/1"
 HEAD = ["case", "mode", "torch.nn via", "torch.nn ms", "fused_rnn ms", "ratio", "rel diff",
         "torch.nn MiB", "fused_rnn MiB"]
-VARIANT_HEAD = (["case", "mode"] + [f"{SIDE_LABEL[s]} ms" for s in SIDES] + list(RATIO_LABEL.values())
-                + ["rel diff"])
-_TARGETS_TEXT = (f"{MODE_LABEL[TARGET_MODE]} at T100 I=H=512 fp32, B {' and '.join(map(str, TARGET_BATCHES))}: "
-                 + ", ".join(f"{RATIO_LABEL[k]} {op} {bound:g}" for k, (op, bound) in TARGETS.items()))
 _MET = {True: "met", False: "NOT met", None: "-"}
+# The multi-side sections by their rows' kind, and by name (--section).
+SECTIONS = {s.kind: s for s in (VARIANTS_SECTION, REGULARIZERS_SECTION)}
+SECTIONS_BY_NAME = {s.name: s for s in SECTIONS.values()}
 # The variants section's definitions in the JSON's config (in place of torch.nn's).
-VARIANTS_CONFIG = {
-    "sides": "fused: fused_rnn with the variant; torchscript: torch.jit.script of a loop over time calling a "
-             "cell (benchmarks/fastrnns/custom_lstms.py style); python: that loop in eager Python over an "
-             "nn.Module cell; plain: fused_rnn without the variant (same shape, the same torch.nn weights)",
-    "rel_diff": "||side - python||_2 / ||python||_2 in float64 for side = fused and torchscript "
-                "(rel_diff_<side>), max over outputs (fwd) and outputs + all gradients (fwdbwd); above "
-                "the dtype's tolerance the mode is an error and is not timed. plain is not compared",
-    "ratio": "= torchscript_over_fused: the headline ratio, under the other sections' key",
-    "ratios": {k: f"{a} median ms / {b} median ms" for k, (a, b) in RATIOS.items()},
-    "targets": f"reported, never asserted: {_TARGETS_TEXT}",
-}
+VARIANTS_CONFIG = VARIANTS_SECTION.config
 
 
 def _fmt(v, spec):
@@ -52,8 +43,9 @@ def _unmeasured(row):
     return None if key is None else f"{key}: {row[key]}"
 
 
-def _is_variant(row):
-    return row.get("kind") == "variant"
+def section_of(rows):
+    """The multi-side section of the rows (one per run), or None (torch.nn against fused_rnn)."""
+    return next((SECTIONS[r["kind"]] for r in rows if r.get("kind") in SECTIONS), None)
 
 
 def progress_line(row):
@@ -61,9 +53,11 @@ def progress_line(row):
     note = _unmeasured(row)
     if note:
         return head + note
-    if _is_variant(row):
-        return head + "  ".join([f"{SIDE_LABEL[s]} {row[f'{s}_ms']:.3f} ms" for s in SIDES]
-                                + [f"{RATIO_LABEL[k]} {_fmt(row.get(k), '.2f')}" for k in RATIOS]
+    section = section_of([row])
+    if section is not None:  # the sides the case has (a regularizer case has one baseline of two)
+        return head + "  ".join([f"{section.side_label[s]} {row[f'{s}_ms']:.3f} ms" for s in section.sides
+                                 if f"{s}_ms" in row]
+                                + [f"{section.ratio_label[k]} {_fmt(row.get(k), '.2f')}" for k in section.ratios]
                                 + [f"rel.diff {_fmt(row.get('rel_diff'), '.1e')}"])
     return head + (f"torch.nn {row['torch_ms']:9.3f} ms  fused {row['fused_ms']:9.3f} ms  "
                    f"ratio {_fmt(row.get('ratio'), '.2f')}  rel.diff "
@@ -85,14 +79,16 @@ def _cells(r):
                 [r["dtype_mismatch"]] if "dtype_mismatch" in r else [])
 
 
-def _variant_cells(r):
-    """A variants row's cells (VARIANT_HEAD), with the same extra cell as _cells."""
+def _section_cells(r, section):
+    """A multi-side row's cells (section.head; "-" for a side the case does not have), with the
+    same extra cell as _cells."""
     head = [r["case"], MODE_LABEL[r["mode"]]]
     note = _unmeasured(r)
     if note:
-        return head + ["-"] * (len(VARIANT_HEAD) - 2) + [note[:160]]
+        return head + ["-"] * (len(section.head) - 2) + [note[:160]]
     flag = " !" if r.get("suspect") else ""
-    return (head + [f"{r[f'{s}_ms']:.3f}" for s in SIDES] + [_fmt(r.get(k), ".2f") for k in RATIOS]
+    return (head + [_fmt(r.get(f"{s}_ms"), ".3f") for s in section.sides]
+            + [_fmt(r.get(k), ".2f") for k in section.ratios]
             + [_fmt(r.get("rel_diff"), ".1e") + flag] + ([r["dtype_mismatch"]] if "dtype_mismatch" in r else []))
 
 
@@ -120,27 +116,33 @@ def _aligned(body, head, n_text):
 
 
 def table(rows, markdown=False):
-    variants = any(map(_is_variant, rows))
-    head, cells, n_text = (VARIANT_HEAD, _variant_cells, 2) if variants else (HEAD, _cells, 3)
-    body = [cells(r) for r in rows]
+    section = section_of(rows)
+    if section is None:
+        head, n_text, body = HEAD, 3, [_cells(r) for r in rows]
+    else:
+        head, n_text, body = section.head, 2, [_section_cells(r, section) for r in rows]
     return _markdown(body, head, n_text) if markdown else _aligned(body, head, n_text)
 
 
-def _is_standard(r, batches=(STANDARD["batch"],)):
-    """The standard case (T100 B64 I=H=512 L1 fp32), or its shape at any of ``batches``."""
-    std = {k: v for k, v in STANDARD.items() if k not in ("input_size", "batch")}
+def _is_standard(r, batches=(STANDARD["batch"],), any_layers=False):
+    """The standard case (T100 B64 I=H=512 L1 fp32), or its shape at any of ``batches`` (and,
+    where ``any_layers``, any number of layers)."""
+    skip = ("input_size", "batch") + (("layers",) if any_layers else ())
+    std = {k: v for k, v in STANDARD.items() if k not in skip}
     return (all(r.get(k) == v for k, v in std.items()) and r.get("batch") in batches
             and r.get("input_size") == STANDARD["hidden"] and not r.get("tf32"))
 
 
-def _targets(rows):
-    """Each variant's targets where the issue sets them (reported, never asserted): the ratio,
-    the bound, and whether it is met."""
+def _targets(rows, section):
+    """Each case's targets where the issue sets them (reported, never asserted): the ratio, the
+    bound, and whether it is met. The cases' layers are their own (a variant's 1, the residual
+    regularizer's 3)."""
     out = []
     for r in rows:
-        if _is_variant(r) and r["mode"] == TARGET_MODE and _is_standard(r, TARGET_BATCHES):
+        if (r.get("kind") == section.kind and r["mode"] == section.target_mode
+                and _is_standard(r, section.target_batches, any_layers=True)):
             entry = {"case": r["case"], "mode": r["mode"]}
-            for key, (op, bound) in TARGETS.items():
+            for key, (op, bound) in section.targets.items():
                 v = r.get(key)
                 entry[key] = {"value": v, "target": f"{op} {bound:g}",
                               "met": None if v is None else (v >= bound if op == ">=" else v <= bound)}
@@ -150,8 +152,8 @@ def _targets(rows):
 
 def summary(rows):
     out = {}
-    variants = any(map(_is_variant, rows))
-    keys = list(RATIOS) if variants else ["ratio"]
+    section = section_of(rows)
+    keys = ["ratio"] if section is None else list(section.ratios)
     for mode in MODES:
         for key in keys:
             ratios = [r[key] for r in rows if r["mode"] == mode and r.get(key)]
@@ -159,10 +161,10 @@ def summary(rows):
                 out.setdefault(mode, {}).update({
                     f"geomean_{key}": math.exp(sum(map(math.log, ratios)) / len(ratios)),
                     f"min_{key}": min(ratios), f"max_{key}": max(ratios), "n": len(ratios)})
-    if variants:
-        out["targets"] = _targets(rows)
+    if section is not None:
+        out["targets"] = _targets(rows, section)
     for r in rows:
-        if r.get("ratio") and _is_standard(r) and not variants:
+        if r.get("ratio") and _is_standard(r) and section is None:
             out.setdefault("standard_case", {}).setdefault(r["cell"], {})[r["mode"]] = r["ratio"]
     out["errors"] = sum("error" in r for r in rows)
     out["skipped"] = sum("skipped" in r for r in rows)
@@ -178,22 +180,6 @@ def _autocast_line(autocast):
             f"{autocast}; result dtypes compared with torch.nn's (out_dtypes in the JSON)"]
 
 
-def _variant_legend(timing_line, mem):
-    return [
-        ("fused = fused_rnn with the variant; TorchScript = torch.jit.script of a loop over time calling a "
-         "cell (custom_lstms.py style); Python = that loop in eager Python over an nn.Module cell; plain = "
-         "fused_rnn without the variant, same shape and torch.nn weights. Median ms of repeats; forward = "
-         "inference under no_grad; fwd+bwd includes all weight gradients"),
-        ("TS/fused, Py/fused = that side's ms / fused ms (> 1 = fused faster); fused/plain = fused ms / "
-         f"plain ms (the variant's cost). Targets, reported, never asserted: {_TARGETS_TEXT}"),
-        timing_line,
-        ("rel diff = ||side - Python|| / ||Python|| (float64, largest over fused and TorchScript, over "
-         "outputs and, for fwd+bwd, every gradient); above the dtype's tolerance the mode is an error, "
-         "not timed"),
-        f"memory (fwd+bwd, JSON only: <side>_mem_bytes): {mem}",
-    ]
-
-
 def legend_text(env, timing, candidate_label, autocast="off", section="layers"):
     mem = ("CUDA max allocated during one fwd+bwd above the pre-call baseline"
            if env["device"] == "cuda" else
@@ -204,8 +190,8 @@ def legend_text(env, timing, candidate_label, autocast="off", section="layers"):
               + f", git {(env['git_sha'] or 'none')[:10]}{'+dirty' if env['git_dirty'] else ''}")
     timing_line = (f"timing: warm-up {timing[0]}, {timing[1]}..{timing[2]} repeats within {timing[3]} s "
                    "per case and mode, sides in random order per repeat")
-    if section == "variants":
-        return "\n".join([device] + _variant_legend(timing_line, mem))
+    if section in SECTIONS_BY_NAME:
+        return "\n".join([device] + SECTIONS_BY_NAME[section].legend_lines(timing_line, mem))
     return "\n".join([
         device,
         (f"ratio = torch.nn ms / {candidate_label} ms (median of repeats; > 1 = "
@@ -226,11 +212,12 @@ def print_report(rows, legend):
     print()
     print(legend)
     summ = summary(rows)
+    section = section_of(rows)
     for mode in MODES:
-        if mode in summ and "targets" in summ:
+        if mode in summ and section is not None:
             s = summ[mode]
             print(f"{MODE_LABEL[mode]}: geomean " + ", ".join(
-                f"{RATIO_LABEL[k]} {s[f'geomean_{k}']:.2f}" for k in RATIOS if f"geomean_{k}" in s)
+                f"{section.ratio_label[k]} {s[f'geomean_{k}']:.2f}" for k in section.ratios if f"geomean_{k}" in s)
                 + f" ({s['n']} cases)")
         elif mode in summ:
             s = summ[mode]
@@ -238,8 +225,8 @@ def print_report(rows, legend):
                   f"(min {s['min_ratio']:.2f}, max {s['max_ratio']:.2f}, {s['n']} cases)")
     for t in summ.get("targets", []):
         print(f"target {t['case']} {MODE_LABEL[t['mode']]}: " + ", ".join(
-            f"{RATIO_LABEL[k]} {_fmt(t[k]['value'], '.2f')} ({t[k]['target']}: "
-            f"{_MET[t[k]['met']]})" for k in TARGETS))
+            f"{section.ratio_label[k]} {_fmt(t[k]['value'], '.2f')} ({t[k]['target']}: "
+            f"{_MET[t[k]['met']]})" for k in section.targets))
     if "standard_case" in summ:
         print("standard case (T100 B64 I=H=512 L1 fp32) ratio: " + ", ".join(
             f"{cell} " + " / ".join(f"{MODE_LABEL[m]} {r:.2f}" for m, r in modes.items())

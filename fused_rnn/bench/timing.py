@@ -1,5 +1,6 @@
-"""The timing loop: the sides of a case (two; four in the variants section) warmed up, then
-timed in rounds in random order; one case into rows; all cases with progress."""
+"""The timing loop: the sides of a case (two; four in the variants section, three in the
+regularizers section) warmed up, then timed in rounds in random order; one case into rows; all
+cases with progress."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,8 @@ from .cases import MODES, SUSPECT_REL_DIFF
 from .checks import TorchUnsupported
 from .decoder import DecoderPair
 from .pairing import Pair
-from .report import progress_line
+from .regularizers import RegularizerPair
+from .report import SECTIONS, progress_line
 from .tf32 import set_tf32, tf32_flags
 from .variants import VariantPair
 
@@ -26,11 +28,14 @@ from .variants import VariantPair
 # variants time four sides per round, and TorchScript's fwd+bwd settles only after two or three
 # calls (profiling, then the optimized graph; the check's call is one): four warm-up rounds, and
 # a budget whose half (the warm-up's cap) holds them at B64 (~2 s a round on 2 CPU threads).
+# The regularizers section times three sides per round (its residual case three layers each):
+# the variants section's defaults.
 TIMING_DEFAULTS = {"cpu": (2, 3, 15, 2.0), "cuda": (3, 10, 100, 1.0), "quick": (1, 2, 3, 0.05),
                    "cpu-cells": (20, 50, 3000, 2.0), "cuda-cells": (20, 50, 3000, 1.0),
                    "cpu-decoder": (2, 5, 50, 3.0), "cuda-decoder": (3, 10, 100, 1.0),
-                   "cpu-variants": (4, 5, 30, 8.0), "cuda-variants": (5, 10, 100, 2.0)}
-PAIR_CLASS = {"decoder": DecoderPair, "variant": VariantPair}  # by Case.kind; else Pair
+                   "cpu-variants": (4, 5, 30, 8.0), "cuda-variants": (5, 10, 100, 2.0),
+                   "cpu-regularizers": (4, 5, 30, 8.0), "cuda-regularizers": (5, 10, 100, 2.0)}
+PAIR_CLASS = {"decoder": DecoderPair, "variant": VariantPair, "regularizer": RegularizerPair}  # by Case.kind; else Pair
 
 
 def _timer(device):
@@ -176,6 +181,8 @@ def run_case(case, device, timing, modes, candidate=None, seed=0, n_sets=None, r
     base = _case_fields(case, device)
     if case.kind == "decoder":  # a training step is timed as fwd+bwd, decoding as fwd
         modes = [m for m in modes if m == ("fwd" if case.decode else "fwdbwd")]
+    elif case.kind in SECTIONS:  # the modes a multi-side section runs (regularizers: fwd+bwd only)
+        modes = [m for m in modes if m in SECTIONS[case.kind].modes]
     try:
         pair = PAIR_CLASS.get(case.kind, Pair)(case, device, candidate=candidate, n_sets=n_sets, seed=seed)
     except Exception as e:  # noqa: BLE001 - reported in the row, the sweep goes on

@@ -27,7 +27,6 @@ its state_dict), and, for a cell whose state is not LSTM's (h, c), a scripted la
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -38,9 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import GRU, LSTM
-from .cases import SUSPECT_REL_DIFF
-from .checks import _grad_diff, _train_step, dtype_fields, flat_outputs, rel_diff
-from .pairing import Pair
+from .multiside import CHECK_STEPS, MultiSidePair, Section, SidesDisagree, targets_text  # noqa: F401 - re-exported
 
 SIDES = ("fused", "torchscript", "python", "plain")
 SIDE_LABEL = {"fused": "fused", "torchscript": "TorchScript", "python": "Python", "plain": "plain"}
@@ -55,6 +52,8 @@ RATIO_LABEL = {"torchscript_over_fused": "TS/fused", "python_over_fused": "Py/fu
 # shape (T100 I=H=512 fp32) at B 64 and B 8.
 TARGET_MODE, TARGET_BATCHES = "fwdbwd", (64, 8)
 TARGETS = {"torchscript_over_fused": (">=", 5.0), "fused_over_plain": ("<=", 1.35)}
+RATIO_COLORS = {"torchscript_over_fused": "tab:red", "python_over_fused": "tab:purple",
+                "fused_over_plain": "tab:gray"}
 
 
 def _lstm_parameters(cell, input_size, hidden_size, peephole, layer_norm):
@@ -298,12 +297,6 @@ VARIANTS = (
 # The variant's own parameters as the pair draws them: LN's γ (ln_weight_*) normal around 1, the
 # rest (LN's β, the peepholes) normal around 0, (mean, std) each.
 GAIN_DRAW, SHIFT_DRAW = (1.0, 0.5), (0.0, 0.1)
-# The sides are compared on the first CHECK_STEPS steps of input set 0. A layer-normalized
-# recurrence amplifies float32 rounding with time: over T = 100 the float32 Python loop's own
-# error against float64 grows from 2e-7 at step 0 to 3e-4 at step 99 (fused_rnn's, with other
-# roundings, from 3e-7 to 8e-4), so over a whole sequence two correct float32 implementations
-# differ by more than a tolerance that still catches a wrong one.
-CHECK_STEPS = 10
 
 
 def variant_of(case):
@@ -342,27 +335,50 @@ def draw_variant_parameters(module, plain_names):
                 p.normal_(*(GAIN_DRAW if _plain_name(name).startswith("ln_weight") else SHIFT_DRAW))
 
 
-def _first_steps(s, steps):
-    """Input set s cut to its first `steps` time steps, with leaves of its own."""
-    cut = copy.copy(s)
-    cut.x = s.x.detach()[:steps].clone().requires_grad_()
-    states = [t.detach().clone().requires_grad_() for t in s.leaves[1:]]
-    cut.hx = tuple(states) if len(states) == 2 else states[0]
-    cut.leaves = [cut.x, *states]
-    cut.grads = [s.grads[0][:steps], *s.grads[1:]]
-    return cut
+def _legend(section, timing_line, mem):
+    return [
+        ("fused = fused_rnn with the variant; TorchScript = torch.jit.script of a loop over time calling a "
+         "cell (custom_lstms.py style); Python = that loop in eager Python over an nn.Module cell; plain = "
+         "fused_rnn without the variant, same shape and torch.nn weights. Median ms of repeats; forward = "
+         "inference under no_grad; fwd+bwd includes all weight gradients"),
+        ("TS/fused, Py/fused = that side's ms / fused ms (> 1 = fused faster); fused/plain = fused ms / "
+         f"plain ms (the variant's cost). Targets, reported, never asserted: {section.targets_text}"),
+        timing_line,
+        ("rel diff = ||side - Python|| / ||Python|| (float64, largest over fused and TorchScript, over "
+         "outputs and, for fwd+bwd, every gradient); above the dtype's tolerance the mode is an error, "
+         "not timed"),
+        f"memory (fwd+bwd, JSON only: <side>_mem_bytes): {mem}",
+    ]
 
 
-class SidesDisagree(Exception):
-    """The fused or the TorchScript side does not compute the Python loop's result."""
+_CONFIG = {
+    "sides": "fused: fused_rnn with the variant; torchscript: torch.jit.script of a loop over time calling a "
+             "cell (benchmarks/fastrnns/custom_lstms.py style); python: that loop in eager Python over an "
+             "nn.Module cell; plain: fused_rnn without the variant (same shape, the same torch.nn weights)",
+    "rel_diff": "||side - python||_2 / ||python||_2 in float64 for side = fused and torchscript "
+                "(rel_diff_<side>), max over outputs (fwd) and outputs + all gradients (fwdbwd); above "
+                "the dtype's tolerance the mode is an error and is not timed. plain is not compared",
+    "ratio": "= torchscript_over_fused: the headline ratio, under the other sections' key",
+    "ratios": {k: f"{a} median ms / {b} median ms" for k, (a, b) in RATIOS.items()},
+    "targets": f"reported, never asserted: {targets_text(RATIO_LABEL, TARGETS, TARGET_MODE, TARGET_BATCHES)}",
+}
+# The section as the options, the report and the plot see it.
+SECTION = Section(
+    name="variants", kind="variant",
+    scope="times one unidirectional layer on padded input against TorchScript and Python loops",
+    against="TorchScript and Python loops, plain module", sides=SIDES, side_label=SIDE_LABEL, ratios=RATIOS,
+    ratio_label=RATIO_LABEL, ratio_colors=RATIO_COLORS, targets=TARGETS, config=_CONFIG, legend=_legend,
+    reading="fused faster; in fused/plain: the variant slower", target_mode=TARGET_MODE,
+    target_batches=TARGET_BATCHES)
 
 
-class VariantPair(Pair):
+class VariantPair(MultiSidePair):
     """Pair's interface (runner, clear_grads, set_mode, cuda_peak_bytes) over the four sides of
     a variant case; the input sets are a one-layer module's (x [T, B, I], h0 (c0) [1, B, H])."""
 
-    sides = SIDES
+    section, sides = SECTION, SIDES
     ratios = {**RATIOS, "ratio": RATIOS["torchscript_over_fused"]}  # "ratio": the headline
+    reference, compared, reference_text = REFERENCE, COMPARED, "the Python loop"
 
     def _build_modules(self, candidate, seed):
         """The fused module draws the weights (torch.nn's init, then the variant's parameters
@@ -391,46 +407,5 @@ class VariantPair(Pair):
         out, state = module(s.x, _layer_state(s.hx))
         return out, _module_state(state)
 
-    def _results(self, mode, s):
-        """{side: (outputs, {name: gradient} or None, saved bytes or None)} on input set s."""
-        if mode == "fwd":
-            with torch.no_grad():
-                return {side: (flat_outputs(self.forward(side, s)), None, None) for side in self.sides}
-        results = {}
-        for side in self.sides:
-            outs, grads, saved = _train_step(self, side, s)
-            names = [f"leaf{i}" for i in range(len(s.leaves))]
-            names += [_plain_name(n) for n, _ in sorted(self.modules[side].named_parameters())]
-            results[side] = (outs, dict(zip(names, grads)), saved)
-            self.clear_grads(side, s)
-        return results
-
-    def check(self, mode):
-        """Each side once on the first CHECK_STEPS steps of input set 0 in the code path ``mode``
-        times; the fused and the TorchScript sides against the Python loop (SidesDisagree above
-        the tolerance). The bytes saved for backward are those of the whole input set 0."""
-        self.set_mode(mode)
-        results = self._results(mode, _first_steps(self.sets[0], CHECK_STEPS))
-        ref_outs, ref_grads, _ = results[REFERENCE]
-        info = dtype_fields(results["fused"][0], ref_outs)
-        for side in COMPARED:
-            outs, grads, _ = results[side]
-            out = max(rel_diff(a, b) for a, b in zip(outs, ref_outs))
-            grad = None if grads is None else max(_grad_diff(grads.get(k), ref_grads.get(k))
-                                                  for k in {*grads, *ref_grads})
-            info[f"rel_diff_{side}"] = out if grad is None else max(out, grad)
-            info["rel_diff_out"] = max(info.get("rel_diff_out", 0.0), out)
-            if grad is not None:
-                info["rel_diff_grad"] = max(info.get("rel_diff_grad", 0.0), grad)
-        info["rel_diff"] = max(info[f"rel_diff_{side}"] for side in COMPARED)
-        if mode == "fwdbwd":
-            for side in self.sides:
-                info[f"{side}_saved_bytes"] = _train_step(self, side, self.sets[0])[2]
-                self.clear_grads(side, self.sets[0])
-        limit = SUSPECT_REL_DIFF.get(self.case.precision, 1e-4)
-        if not info["rel_diff"] <= limit or "dtype_mismatch" in info:
-            raise SidesDisagree(
-                f"not timed: against the Python loop, fused {info['rel_diff_fused']:.1e}, TorchScript "
-                f"{info['rel_diff_torchscript']:.1e} (tolerance {limit:g})"
-                + (f"; {info['dtype_mismatch']}" if "dtype_mismatch" in info else ""))
-        return info
+    def _param_name(self, side, name):
+        return _plain_name(name)
