@@ -163,3 +163,18 @@ def test_compiled_training_step_matches_eager():
     assert_close(got, want, "compiled result")
     for a, b in zip(got_grads, torch.autograd.grad(want.sum(), list(module.parameters()))):
         assert_close(a, b, "compiled gradient")
+
+
+def test_weight_drop_of_one_drops_every_recurrent_weight():
+    """p = 1: every W_hh is zero in training (no 0 / 0), and its gradient is zero."""
+    module = build(fused_rnn.GRU, {}, weight_drop=1.0)
+    plain = build(fused_rnn.GRU, {})
+    with torch.no_grad():
+        for name in w_hh_names(plain):
+            getattr(plain, name).zero_()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    got = results(module(x))
+    for a, b in zip(got, results(plain(x))):
+        assert_close(a, b, "result")
+    got[0].sum().backward()
+    assert all(torch.equal(getattr(module, n).grad, torch.zeros_like(getattr(module, n))) for n in w_hh_names(module))

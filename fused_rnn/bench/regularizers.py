@@ -44,12 +44,14 @@ import contextlib
 import re
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import regularizers as fused_regularizers
 from .multiside import CHECK_STEPS, MultiSidePair, Section, SidesDisagree, targets_text  # noqa: F401 - re-exported
 from .pairing import fused_classes, torch_classes
 
@@ -85,11 +87,16 @@ class WeightDrop(nn.Module):
     the raw parameter. As in AWD-LSTM, the wrapped RNN's flatten_parameters becomes a no-op
     (the usual workaround: on CUDA it would copy the weights into one flat buffer, where the
     dropped W_hh is not), and the wrapped module's forward is called directly. Left out: the
-    variational option (one mask per row) and the message it prints."""
+    variational option (one mask per row) and the message it prints.
+
+    ``same_masks_as_fused``: the agreement check draws the masks as fused_rnn does
+    (regularizers.weight_drop_masks: the same masks for the same seed) instead of F.dropout's
+    bernoulli_, whose draws differ; the timed calls always use F.dropout, as AWD-LSTM does."""
 
     def __init__(self, module, weights, dropout):
         super().__init__()
         self.module, self.weights, self.dropout = module, list(weights), dropout
+        self.same_masks_as_fused = False
         if isinstance(module, nn.RNNBase):
             module.flatten_parameters = _no_flatten
         for name in self.weights:
@@ -98,9 +105,14 @@ class WeightDrop(nn.Module):
             module.register_parameter(f"{name}_raw", nn.Parameter(w.data))
 
     def _setweights(self):
-        for name in self.weights:
-            raw = getattr(self.module, f"{name}_raw")
-            setattr(self.module, name, F.dropout(raw, p=self.dropout, training=self.training))
+        raws = [getattr(self.module, f"{name}_raw") for name in self.weights]
+        if self.same_masks_as_fused and self.training:
+            masks = fused_regularizers.weight_drop_masks(SimpleNamespace(weight_drop=self.dropout), raws)
+            dropped = [raw * mask for raw, mask in zip(raws, masks)]
+        else:
+            dropped = [F.dropout(raw, p=self.dropout, training=self.training) for raw in raws]
+        for name, weight in zip(self.weights, dropped):
+            setattr(self.module, name, weight)
 
     def forward(self, *args):
         self._setweights()
@@ -296,4 +308,12 @@ class RegularizerPair(MultiSidePair):
         return _seeded(self._check_seed, devices)
 
     def check(self, mode):
-        return {"baseline": self.regularizer.baseline, **super().check(mode)}
+        baseline = self.modules[self.regularizer.baseline]
+        same = isinstance(baseline, WeightDrop)
+        if same:
+            baseline.same_masks_as_fused = True
+        try:
+            return {"baseline": self.regularizer.baseline, **super().check(mode)}
+        finally:
+            if same:
+                baseline.same_masks_as_fused = False
