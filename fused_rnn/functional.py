@@ -6,6 +6,10 @@ runs each sequence backwards within its own length. ``hx=None`` means zeros. A l
 time step runs the single-step op of its cell (``lstm_cell``...), whose ``h_n`` its output
 then is (a view of it).
 
+The cell variants' weights are keyword-only (``weight_ch`` for a peephole LSTM; ``ln_weight_ih``,
+``ln_weight_hh`` and the LSTM's ``ln_weight_c``, ``ln_bias_c`` for a layer-normalized cell; their
+equations are fused_rnn.reference's), None for the plain cells.
+
 Under ``torch.autocast`` the ops run in the autocast dtype (their floating arguments but
 float64 cast to it, weights once per autocast region) and return it; the modules convert
 their results to torch.nn's dtypes (fused_rnn/_autocast.py).
