@@ -43,6 +43,40 @@ def progress(iterable, **kw):
     return tqdm(iterable, dynamic_ncols=True, **kw)
 
 
+def tbptt_epoch(model, step, inputs, targets, k, optimizer=None, schedule=None, clip=1.0, desc="", show=None):
+    """Mean cross-entropy (nats per target) of a language model over ``targets``, read in chunks
+    of ``k`` steps of ``inputs`` (token ids in ``model.rnn``'s layout) with the state carried
+    from chunk to chunk (fused_rnn.tbptt). ``step(ids, state) -> (logits, new rnn state)``.
+    Trains when ``optimizer`` is given: gradients clipped to norm ``clip``, ``schedule`` (if
+    any) stepped after each update, ``show(loss)`` (a string) on the progress bar."""
+    import torch.nn.functional as F
+
+    from fused_rnn import tbptt
+
+    training = optimizer is not None
+    model.train(training)
+    state, total, count = None, 0.0, 0
+    chunks = list(tbptt.chunks(model.rnn, inputs.unsqueeze(-1), k))  # ids as [.., .., 1]: the layout's rank
+    bar = progress(chunks, desc=desc, unit="chunk", leave=False, disable=not training)
+    for chunk in bar:
+        y = chunk.slice(targets)
+        with torch.set_grad_enabled(training):
+            logits, new = step(chunk.slice(inputs), chunk.state(state))
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            if show is not None:
+                bar.set_postfix_str(show(loss.item()))
+        state = chunk.carry(state, new)
+        total, count = total + loss.item() * y.numel(), count + y.numel()
+    return total / count
+
+
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (examples never open a window)."""
     import matplotlib

@@ -29,12 +29,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import parse_args, progress, pyplot, save_png, save_results
+from _common import parse_args, pyplot, save_png, save_results, tbptt_epoch
 from char_lm import docstrings
 from torch import nn
 
 import fused_rnn
-from fused_rnn import tbptt
 
 QUICK = dict(train_words=60_000, heldout_words=15_000, epochs=4, hidden=128, layers=2, batch=32, bptt=35,
              lr=3e-3, dropout=0.2, weight_drop=0.3)
@@ -97,27 +96,11 @@ class WordLM(nn.Module):
 
 
 def run_epoch(lm: WordLM, inputs, targets, k: int, optimizer=None, desc: str = "") -> float:
-    """Perplexity over ``targets``, the state carried through chunks of ``k`` steps (TBPTT);
-    trains when ``optimizer`` is given."""
-    training = optimizer is not None
-    lm.train(training)
-    state, total, count = None, 0.0, 0
-    chunks = list(tbptt.chunks(lm.rnn, inputs.unsqueeze(-1), k))  # [T, B, 1]: time-major ids
-    bar = progress(chunks, desc=desc, unit="chunk", leave=False, disable=not training)
-    for chunk in bar:
-        y = chunk.slice(targets)
-        with torch.set_grad_enabled(training):
-            logits, new = lm(chunk.slice(inputs), chunk.state(state))
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        if training:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 0.25)
-            optimizer.step()
-            bar.set_postfix(ppl=f"{math.exp(loss.item()):.0f}")
-        state = chunk.carry(state, new)
-        total, count = total + loss.item() * y.numel(), count + y.numel()
-    return math.exp(total / count)
+    """Perplexity over ``targets`` (TBPTT in chunks of ``k``, time-major ids); trains when
+    ``optimizer`` is given."""
+    nats = tbptt_epoch(lm, lm, inputs, targets, k, optimizer, clip=0.25, desc=desc,
+                       show=lambda loss: f"ppl={math.exp(loss):.0f}")
+    return math.exp(nats)
 
 
 def plot(history: dict, unigram: float, out_dir: str) -> str:

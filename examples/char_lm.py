@@ -31,10 +31,8 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
-from _common import parse_args, progress, pyplot, save_png, save_results
+from _common import parse_args, pyplot, save_png, save_results, tbptt_epoch
 
-from fused_rnn import tbptt
 from fused_rnn.seq2seq import DecodeOptions, Decoder, DecoderState, decode
 
 MODULES = (
@@ -120,30 +118,15 @@ def batchify(ids: list[int], batch: int, device) -> tuple[torch.Tensor, torch.Te
 
 # ---- training -------------------------------------------------------------------------------
 def run_epoch(lm: Decoder, inputs, targets, k: int, optimizer=None, schedule=None, desc: str = "") -> float:
-    """Bits per character over ``targets``, the state carried through chunks of ``k`` steps
-    (TBPTT); trains when ``optimizer`` is given, stepping ``schedule`` after each update."""
-    training = optimizer is not None
-    lm.train(training)
-    state, total, count = None, 0.0, 0
-    # token ids as [B, T, 1] give chunks() the batch-first layout; the decoder embeds them itself
-    chunks = list(tbptt.chunks(lm.rnn, inputs.unsqueeze(-1), k))
-    bar = progress(chunks, desc=desc, unit="chunk", leave=False, disable=not training)
-    for chunk in bar:
-        y = chunk.slice(targets)
-        with torch.set_grad_enabled(training):
-            logits, _, new = lm(chunk.slice(inputs), DecoderState(chunk.state(state)), None)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        if training:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-        state = chunk.carry(state, new.rnn)
-        total, count = total + loss.item() * y.numel(), count + y.numel()
-        if training:
-            bar.set_postfix(bpc=f"{loss.item() / math.log(2):.2f}")
-    return total / count / math.log(2)
+    """Bits per character over ``targets`` (TBPTT in chunks of ``k``, batch-first ids: the
+    decoder embeds them itself); trains when ``optimizer`` is given."""
+    def step(ids, state):
+        logits, _, new = lm(ids, DecoderState(state), None)
+        return logits, new.rnn
+
+    nats = tbptt_epoch(lm, step, inputs, targets, k, optimizer, schedule, clip=1.0, desc=desc,
+                       show=lambda loss: f"bpc={loss / math.log(2):.2f}")
+    return nats / math.log(2)
 
 
 def train(lm: Decoder, train_ids, held_ids, cfg, epochs: int, device) -> dict:
