@@ -33,9 +33,12 @@ struct OpImpls {
                                   const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                   const OptTensor& w_hr, const OptTensor& w_ch, const OptTensor& ln_ih,
                                   const OptTensor& ln_hh, const OptTensor& ln_c, const OptTensor& ln_bias_c,
+                                  const OptTensor& zoneout_h, const OptTensor& zoneout_c, const OptTensor& dropout_h,
                                   bool reverse, bool need_workspace) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
-    const LayerOutputs r = layer_forward<LstmCell, Device>(input, batch_sizes, h0, c0, w, reverse, need_workspace);
+    const LayerMasks masks{zoneout_h, zoneout_c, dropout_h};
+    const LayerOutputs r =
+        layer_forward<LstmCell, Device>(input, batch_sizes, h0, c0, w, masks, reverse, need_workspace);
     return {r.output, r.h_n, r.c_n, r.workspace};
   }
 
@@ -44,45 +47,54 @@ struct OpImpls {
                                  const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                  const OptTensor& w_hr, const OptTensor& w_ch, const OptTensor& ln_ih,
                                  const OptTensor& ln_hh, const OptTensor& ln_c, const OptTensor& ln_bias_c,
+                                 const OptTensor& zoneout_h, const OptTensor& zoneout_c, const OptTensor& dropout_h,
                                  const Tensor& workspace, bool reverse) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
+    const LayerMasks masks{zoneout_h, zoneout_c, dropout_h};
     return lstm_grads(layer_backward<LstmCell, Device>(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w,
-                                                       workspace, reverse));
+                                                       masks, workspace, reverse));
   }
 
   static Outputs gru_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
                              const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& ln_ih,
-                             const OptTensor& ln_hh, bool reverse, bool need_workspace) {
-    return forward<GruCell>(input, batch_sizes, h0, gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), reverse,
-                            need_workspace);
+                             const OptTensor& ln_hh, const OptTensor& zoneout_h, const OptTensor& dropout_h,
+                             bool reverse, bool need_workspace) {
+    return forward<GruCell>(input, batch_sizes, h0, gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh),
+                            {zoneout_h, std::nullopt, dropout_h}, reverse, need_workspace);
   }
 
   static GruGrads gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
                                const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& ln_ih,
-                               const OptTensor& ln_hh, const Tensor& workspace, bool reverse) {
-    const LayerGrads g =
-        layer_backward<GruCell, Device>(grad_output, grad_h_n, std::nullopt, input, batch_sizes, h0, std::nullopt,
-                                        gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), workspace, reverse);
+                               const OptTensor& ln_hh, const OptTensor& zoneout_h, const OptTensor& dropout_h,
+                               const Tensor& workspace, bool reverse) {
+    const LayerGrads g = layer_backward<GruCell, Device>(
+        grad_output, grad_h_n, std::nullopt, input, batch_sizes, h0, std::nullopt,
+        gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), {zoneout_h, std::nullopt, dropout_h}, workspace, reverse);
     return gru_grads(g);
   }
 
   static Outputs rnn_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
                              const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                             c10::string_view nonlinearity, bool reverse, bool need_workspace) {
+                             const OptTensor& zoneout_h, const OptTensor& dropout_h, c10::string_view nonlinearity,
+                             bool reverse, bool need_workspace) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
-    return is_relu(nonlinearity) ? forward<RnnReluCell>(input, batch_sizes, h0, w, reverse, need_workspace)
-                                 : forward<RnnTanhCell>(input, batch_sizes, h0, w, reverse, need_workspace);
+    const LayerMasks masks{zoneout_h, std::nullopt, dropout_h};
+    return is_relu(nonlinearity) ? forward<RnnReluCell>(input, batch_sizes, h0, w, masks, reverse, need_workspace)
+                                 : forward<RnnTanhCell>(input, batch_sizes, h0, w, masks, reverse, need_workspace);
   }
 
   static Grads rnn_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
                             const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-                            const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity,
-                            const Tensor& workspace, bool reverse) {
+                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& zoneout_h,
+                            const OptTensor& dropout_h, c10::string_view nonlinearity, const Tensor& workspace,
+                            bool reverse) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
+    const LayerMasks m{zoneout_h, std::nullopt, dropout_h};
     return is_relu(nonlinearity)
-               ? one_state_backward<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse)
-               : one_state_backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, workspace, reverse);
+               ? one_state_backward<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, m, workspace, reverse)
+               : one_state_backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, m, workspace,
+                                                 reverse);
   }
 
   // Single steps: the states after the step (and the workspace); the gradients as above.
@@ -174,18 +186,18 @@ struct OpImpls {
   // The cells with one state (GRU, RNN): no c0 in, no c_n out.
   template <class Cell>
   static Outputs forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const LayerWeights& w,
-                         bool reverse, bool need_workspace) {
+                         const LayerMasks& masks, bool reverse, bool need_workspace) {
     const LayerOutputs r =
-        layer_forward<Cell, Device>(input, batch_sizes, h0, std::nullopt, w, reverse, need_workspace);
+        layer_forward<Cell, Device>(input, batch_sizes, h0, std::nullopt, w, masks, reverse, need_workspace);
     return {r.output, r.h_n, r.workspace};
   }
 
   template <class Cell>
   static Grads one_state_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
                                   const OptTensor& batch_sizes, const Tensor& h0, const LayerWeights& w,
-                                  const Tensor& workspace, bool reverse) {
+                                  const LayerMasks& masks, const Tensor& workspace, bool reverse) {
     const LayerGrads g = layer_backward<Cell, Device>(grad_output, grad_h_n, std::nullopt, input, batch_sizes, h0,
-                                                      std::nullopt, w, workspace, reverse);
+                                                      std::nullopt, w, masks, workspace, reverse);
     return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
   }
 

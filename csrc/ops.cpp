@@ -13,37 +13,44 @@ TORCH_LIBRARY(fused_rnn, m) {
   // The weights after torch.nn's own are those of the cell variants, None for a plain cell:
   // weight_ch (peephole LSTM, [3H]); ln_weight_ih, ln_weight_hh ([G*H]) and for the LSTM
   // ln_weight_c, ln_bias_c ([H]) (layer-normalized cells, given all or none).
+  // Then the layer ops' regularizer masks (layer_masks.h), None when off: zoneout_h (and the
+  // LSTM's zoneout_c) with the output's leading shape, the weight of the previous state per row
+  // and unit; dropout_h [batch, state], recurrent dropout's scaled mask.
   m.def(
       "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, "
-      "Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? ln_weight_c, Tensor? ln_bias_c, bool reverse, "
-      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+      "Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? zoneout_h, "
+      "Tensor? zoneout_c, Tensor? dropout_h, bool reverse, bool need_workspace) -> (Tensor output, Tensor h_n, "
+      "Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor? ln_weight_ih, Tensor? ln_weight_hh, "
-      "Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor workspace, bool reverse) -> (Tensor grad_input, "
+      "Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? zoneout_h, Tensor? zoneout_c, Tensor? dropout_h, "
+      "Tensor workspace, bool reverse) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
       "Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_weight_ch, Tensor grad_ln_weight_ih, "
       "Tensor grad_ln_weight_hh, Tensor grad_ln_weight_c, Tensor grad_ln_bias_c)");
   m.def(
       "gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, bool reverse, "
-      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor workspace)");
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? zoneout_h, "
+      "Tensor? dropout_h, bool reverse, bool need_workspace) -> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
       "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, "
-      "Tensor? ln_weight_hh, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor? ln_weight_hh, Tensor? zoneout_h, Tensor? dropout_h, Tensor workspace, bool reverse) -> "
+      "(Tensor grad_input, Tensor grad_h0, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh, "
       "Tensor grad_ln_weight_ih, Tensor grad_ln_weight_hh)");
   m.def(
       "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, bool reverse, bool need_workspace) -> "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? zoneout_h, Tensor? dropout_h, str nonlinearity, bool reverse, "
+      "bool need_workspace) -> "
       "(Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
-      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, "
-      "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? zoneout_h, Tensor? dropout_h, "
+      "str nonlinearity, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
       "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
   // One step of a cell (single_step.h): input [B, I], the states before the step, the same
   // weights; the states after it, and the workspace when need_workspace. Backward computes the
@@ -153,12 +160,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Columns of the workspace a single-step forward (<cell>_cell_forward) returns.");
   m.def(
       "workspace_width",
-      [](int64_t workspace_units, int64_t hidden, int64_t state, bool proj, int64_t norm_cols) {
-        return fused_rnn::WorkspaceLayout::make(static_cast<int>(workspace_units), hidden, state, proj, norm_cols)
+      [](int64_t workspace_units, int64_t hidden, int64_t state, bool proj, int64_t norm_cols, bool dropout) {
+        return fused_rnn::WorkspaceLayout::make(static_cast<int>(workspace_units), hidden, state, proj, norm_cols,
+                                                dropout)
             .width;
       },
       "Columns of the workspace a forward with need_workspace=True returns, given the cell's "
-      "workspace_units (cells[name]['workspace_units']) and norm_columns.");
+      "workspace_units (cells[name]['workspace_units']), norm_columns and whether recurrent dropout is on.");
   m.def(
       "norm_columns",
       [](int64_t gates, int64_t hidden, bool has_cell_state, bool layer_norm) {

@@ -17,6 +17,7 @@
 
 #include "cells/common.h"
 #include "device.h"
+#include "layer_masks.h"
 
 namespace fused_rnn {
 
@@ -59,16 +60,19 @@ struct NormColumns {
 
 // Workspace columns: the cell's own (Cell::kWorkspace * H), then for a projected LSTM the
 // unprojected h (H), then the recurrent input of the step, h_prev (state size), then a
-// layer-normalized cell's (norm_columns).
+// layer-normalized cell's (norm_columns), then under recurrent dropout the GEMM's input
+// h_prev * d (state size).
 struct WorkspaceLayout {
-  int64_t cell_cols, h_col, h_prev_col, norm_col, width;
-  static WorkspaceLayout make(int cell_ws, int64_t hidden, int64_t state, bool proj, int64_t norm_cols) {
+  int64_t cell_cols, h_col, h_prev_col, norm_col, dropped_col, width;
+  static WorkspaceLayout make(int cell_ws, int64_t hidden, int64_t state, bool proj, int64_t norm_cols,
+                              bool dropout) {
     WorkspaceLayout l;
     l.cell_cols = cell_ws * hidden;
     l.h_col = l.cell_cols;
     l.h_prev_col = l.cell_cols + (proj ? hidden : 0);
     l.norm_col = l.h_prev_col + state;
-    l.width = l.norm_col + norm_cols;
+    l.dropped_col = l.norm_col + norm_cols;
+    l.width = l.dropped_col + (dropout ? state : 0);
     return l;
   }
 };
@@ -145,11 +149,12 @@ struct LayerSetup {
   int64_t rows;  // N: rows of the [N, ...] input/output matrices
   bool proj, norm;
   WorkspaceLayout layout;
+  MaskRows masks;
 };
 
 template <class Cell>
 LayerSetup setup_layer(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
-                       const LayerWeights& w) {
+                       const LayerWeights& w, const LayerMasks& masks) {
   LayerSetup l;
   l.s = check_layer_args(Cell::kName, Cell::kGates, Cell::kHasCellState, input, batch_sizes, h0, c0, w, &l.steps);
   l.input = input.contiguous();
@@ -157,8 +162,12 @@ LayerSetup setup_layer(const Tensor& input, const OptTensor& batch_sizes, const 
   l.rows = l.input.dim() == 2 ? l.input.size(0) : l.input.size(0) * l.input.size(1);
   l.proj = w.w_hr.has_value();
   l.norm = w.layer_norm();
+  std::vector<int64_t> out_shape = l.input.sizes().vec();
+  out_shape.back() = l.s.state;
+  l.masks = MaskRows::of(Cell::kName, masks, l.input, out_shape, l.s.batch, l.s.hidden, Cell::kHasCellState);
   l.layout = WorkspaceLayout::make(Cell::kWorkspace, l.s.hidden, l.s.state, l.proj,
-                                   norm_columns(Cell::kGates, l.s.hidden, Cell::kHasCellState, l.norm));
+                                   norm_columns(Cell::kGates, l.s.hidden, Cell::kHasCellState, l.norm),
+                                   l.masks.dropout());
   return l;
 }
 
@@ -243,6 +252,9 @@ struct ForwardBuffers {
   Tensor c_state;    // LSTM: [B, H]
   Tensor ws;         // [N, layout.width], or [0] in inference
   Tensor h_scratch;  // projected LSTM in inference: [B, H] the unprojected h'
+  MaskRows masks;    // the regularizers (layer_masks.h), and their buffers:
+  Tensor h_dropped;  //   recurrent dropout: [B, P] the GEMM's input h * d
+  Tensor c_candidate;  // layer-normalized LSTM with zoneout on c: [B, H] c' before zoneout
   int64_t hidden, state, gates;
   WorkspaceLayout layout;
   bool proj, need_workspace;
@@ -251,6 +263,18 @@ struct ForwardBuffers {
   Tensor h_unprojected(const StepRows& st) const {
     return need_workspace ? ws.narrow(0, st.offset, st.rows).narrow(1, layout.h_col, hidden)
                           : first_rows(h_scratch, st.rows);
+  }
+
+  // The end of a projected LSTM's step, once `projected` holds its rows' h' W_hr^T: zoneout
+  // (h_state still holds h_prev), the new state, and the next GEMM's input under dropout.
+  void finish_projected_step(const StepRows& st, Tensor& projected) {
+    Tensor h_rows = first_rows(h_state, st.rows);
+    if (masks.zoneout_h.defined()) projected.addcmul_(masks.zoneout_h.narrow(0, st.offset, st.rows), h_rows - projected);
+    h_rows.copy_(projected);
+    if (masks.dropout()) {
+      Tensor dropped = first_rows(h_dropped, st.rows);
+      at::mul_out(dropped, projected, first_rows(masks.dropout_h, st.rows));
+    }
   }
 
   template <class T>
@@ -270,6 +294,9 @@ struct ForwardBuffers {
     a.ws = need_workspace ? ptr<T>(ws) + st.offset * layout.width : nullptr;
     a.ws_stride = layout.width;
     a.norm = norm.forward<T>(a.ws, NormColumns(layout.norm_col, GH));
+    a.norm.c_candidate = ptr<T>(c_candidate);
+    a.masks.zoneout_c = MaskRows::from_row<T>(masks.zoneout_c, st.offset);
+    a.masks.zoneout_c_stride = masks.zoneout_c.defined() ? masks.zoneout_c.stride(0) : 0;
     if (proj) {  // h' goes to the workspace (or scratch), and the driver projects it
       a.h_out = need_workspace ? a.ws + layout.h_col : ptr<T>(h_scratch);
       a.h_out_stride = need_workspace ? layout.width : H;
@@ -279,6 +306,11 @@ struct ForwardBuffers {
       a.h_state = ptr<T>(h_state);
       a.h_state_stride = P;
       if (need_workspace) a.h_prev_save = a.ws + layout.h_prev_col;
+      a.masks.zoneout_h = MaskRows::from_row<T>(masks.zoneout_h, st.offset);
+      a.masks.zoneout_h_stride = masks.zoneout_h.defined() ? masks.zoneout_h.stride(0) : 0;
+      a.masks.dropout_h = ptr<T>(masks.dropout_h);
+      a.masks.h_dropped = ptr<T>(h_dropped);
+      if (need_workspace && masks.dropout()) a.masks.h_dropped_save = a.ws + layout.dropped_col;
     }
     return a;
   }
@@ -307,14 +339,17 @@ ForwardBuffers forward_buffers(const LayerSetup& l, const LayerWeights& w, const
   b.c_state = Cell::kHasCellState ? c0->contiguous().clone() : Tensor();
   b.ws = need_workspace ? new_buffer({l.rows, l.layout.width}, opts) : at::empty({0}, opts);
   b.h_scratch = l.proj && !need_workspace ? new_buffer({l.s.batch, H}, opts) : Tensor();
+  b.masks = l.masks;
+  b.h_dropped = l.masks.dropout() ? b.h_state * l.masks.dropout_h : Tensor();
+  b.c_candidate = l.norm && l.masks.zoneout_c.defined() ? new_buffer({l.s.batch, H}, opts) : Tensor();
   return b;
 }
 
 template <class Cell, class Device>
 LayerOutputs layer_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
-                           const LayerWeights& w, bool reverse, bool need_workspace) {
+                           const LayerWeights& w, const LayerMasks& masks, bool reverse, bool need_workspace) {
   const OpScope scope(input);
-  const LayerSetup l = setup_layer<Cell>(input, batch_sizes, h0, c0, w);
+  const LayerSetup l = setup_layer<Cell>(input, batch_sizes, h0, c0, w, masks);
   ForwardBuffers b = forward_buffers<Cell, Device>(l, w, h0, c0, need_workspace);
   const int64_t n_steps = static_cast<int64_t>(l.steps.size());
   const typename Device::StepWeight w_hh_step(w.w_hh.t(), n_steps, /*groups=*/Cell::kGates);
@@ -333,19 +368,22 @@ LayerOutputs layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
     Device::template for_each_step<T>(n_steps, plan, [&](int64_t k, const Units& units, const auto& sync) {
       const StepRows& st = l.steps[reverse ? n_steps - 1 - k : k];
       const Tensor h_prev = first_rows(b.h_state, st.rows);
+      const Tensor gemm_input = l.masks.dropout() ? first_rows(b.h_dropped, st.rows) : h_prev;
       Tensor h_gates_rows = first_rows(b.h_gates, st.rows);
-      w_hh_step.gemm(h_gates_rows, h_prev, false, units);
-      sync();  // the pass below overwrites h_state, which the GEMM of every split reads
-      // h_prev is kept for backward's dW_hh: by the pointwise pass, which reads h_state
-      // anyway, except for a projected LSTM, whose state has another width than the pass.
+      w_hh_step.gemm(h_gates_rows, gemm_input, false, units);
+      sync();  // the pass below overwrites h_state (h_dropped), which the GEMM of every split reads
+      // h_prev (and the GEMM's input) is kept for backward: by the pointwise pass, which reads
+      // h_state anyway, except for a projected LSTM, whose state has another width than the pass.
       if (need_workspace && l.proj) {
-        b.ws.narrow(0, st.offset, st.rows).narrow(1, l.layout.h_prev_col, l.s.state).copy_(h_prev);
+        const Tensor ws_rows = b.ws.narrow(0, st.offset, st.rows);
+        ws_rows.narrow(1, l.layout.h_prev_col, l.s.state).copy_(h_prev);
+        if (l.masks.dropout()) ws_rows.narrow(1, l.layout.dropped_col, l.s.state).copy_(gemm_input);
       }
       Device::template forward_step<Cell, T>(b.step<T>(st), units);
       if (l.proj) {
         Tensor out_rows = b.out2d.narrow(0, st.offset, st.rows);
         w_hr_step->gemm(out_rows, b.h_unprojected(st), false);
-        first_rows(b.h_state, st.rows).copy_(out_rows);
+        b.finish_projected_step(st, out_rows);
       }
     });
   });
@@ -366,6 +404,9 @@ struct BackwardBuffers {
   NormWeights norm;  // layer-normalized cells, and their scratch:
   Tensor d_h_raw;    //   [N, G*H] dL/d(h_prev W_hh^T): what the recurrent GEMMs multiply
   Tensor d_c_norm;   //   LSTM: [N, H] dL/d(γ_c ĉ' + β_c)
+  MaskRows masks;         // the regularizers (layer_masks.h), and their buffers:
+  Tensor grad_h_dropped;  //   recurrent dropout: [B, P] dL/d(h * d), zero where no GEMM wrote yet
+  Tensor grad_c_direct;   //   layer-normalized LSTM with zoneout on c: [B, H]
   int64_t hidden, state, gates;
   WorkspaceLayout layout;
   bool proj;
@@ -397,6 +438,15 @@ struct BackwardBuffers {
     if (norm.active()) {
       a.norm = norm.backward<T>(a.ws, NormColumns(layout.norm_col, GH), ptr<T>(d_h_raw) + st.offset * GH,
                                 d_c_norm.defined() ? ptr<T>(d_c_norm) + st.offset * H : nullptr);
+    }
+    a.masks.zoneout_c = MaskRows::from_row<T>(masks.zoneout_c, st.offset);
+    a.masks.zoneout_c_stride = masks.zoneout_c.defined() ? masks.zoneout_c.stride(0) : 0;
+    a.masks.grad_c_direct = ptr<T>(grad_c_direct);
+    if (!proj) {  // a projected LSTM's h-side is the driver's (layer_backward)
+      a.masks.zoneout_h = MaskRows::from_row<T>(masks.zoneout_h, st.offset);
+      a.masks.zoneout_h_stride = masks.zoneout_h.defined() ? masks.zoneout_h.stride(0) : 0;
+      a.masks.dropout_h = ptr<T>(masks.dropout_h);
+      a.masks.grad_h_dropped = ptr<T>(grad_h_dropped);
     }
     return a;
   }
@@ -446,6 +496,9 @@ BackwardBuffers backward_buffers(const LayerSetup& l, const LayerWeights& w, con
     b.d_h_raw = scratch_buffer(Scratch::kNormGates, {N, G * H}, opts);
     b.d_c_norm = Cell::kHasCellState ? scratch_buffer(Scratch::kNormCell, {N, H}, opts) : Tensor();
   }
+  b.masks = l.masks;
+  b.grad_h_dropped = l.masks.dropout() ? at::zeros({l.s.batch, P}, opts) : Tensor();
+  b.grad_c_direct = l.norm && l.masks.zoneout_c.defined() ? new_buffer({l.s.batch, H}, opts) : Tensor();
   return b;
 }
 
@@ -556,7 +609,7 @@ template <class Cell, class Device>
 LayerGrads gradients_after_loop(const LayerSetup& l, const LayerWeights& w, const BackwardBuffers& b) {
   GradSources s;
   s.x = l.input.view({l.rows, l.s.input});
-  s.h_prev = b.ws.narrow(1, l.layout.h_prev_col, l.s.state);
+  s.h_prev = b.ws.narrow(1, l.masks.dropout() ? l.layout.dropped_col : l.layout.h_prev_col, l.s.state);
   s.h_unprojected = l.proj ? b.ws.narrow(1, l.layout.h_col, l.s.hidden) : Tensor();
   s.d_gates_x = b.d_gates_x;
   s.d_gates_h = b.d_gates_h;
@@ -576,14 +629,15 @@ LayerGrads gradients_after_loop(const LayerSetup& l, const LayerWeights& w, cons
 template <class Cell, class Device>
 LayerGrads layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const OptTensor& grad_c_n,
                           const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
-                          const LayerWeights& w, const Tensor& ws, bool reverse) {
+                          const LayerWeights& w, const LayerMasks& masks, const Tensor& ws, bool reverse) {
   const OpScope scope(input);
-  const LayerSetup l = setup_layer<Cell>(input, batch_sizes, h0, c0, w);
+  const LayerSetup l = setup_layer<Cell>(input, batch_sizes, h0, c0, w, masks);
   BackwardBuffers b = backward_buffers<Cell>(l, w, grad_output, grad_h_n, grad_c_n, ws);
   const int64_t n_steps = static_cast<int64_t>(l.steps.size());
   const typename Device::StepWeight w_hh_step(w.w_hh, n_steps);
   std::optional<typename Device::StepWeight> w_hr_step;
   if (l.proj) w_hr_step.emplace(*w.w_hr, n_steps);
+  const bool zoneout_h = l.masks.zoneout_h.defined();
 
   Device::dispatch(l.input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
@@ -593,14 +647,28 @@ LayerGrads layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, con
       if (l.proj) {  // dL/d(projected h) = grad_output + the next step's; through W_hr to h'
         Tensor dp = b.d_proj.narrow(0, st.offset, st.rows);
         at::add_out(dp, b.grad_out.narrow(0, st.offset, st.rows), dh_rows);
+        if (zoneout_h) {  // the part that goes straight to h_prev waits in dh_rows
+          at::mul_out(dh_rows, dp, l.masks.zoneout_h.narrow(0, st.offset, st.rows));
+          dp.sub_(dh_rows);
+        }
         Tensor dh_buf_rows = first_rows(b.dh_buf, st.rows);
         w_hr_step->gemm(dh_buf_rows, dp, false);
       }
       Device::template backward_step<Cell, T>(b.step<T>(st));
-      // GRU: on top of the direct path dh * z that the step wrote.
-      w_hh_step.gemm(dh_rows, b.d_gemm_h().narrow(0, st.offset, st.rows), /*accumulate=*/Cell::kSplitGateGrads);
+      const Tensor d_gemm = b.d_gemm_h().narrow(0, st.offset, st.rows);
+      if (l.masks.dropout()) {  // kept apart: the next pass multiplies it by d (here, if projected)
+        Tensor grad_dropped = first_rows(b.grad_h_dropped, st.rows);
+        w_hh_step.gemm(grad_dropped, d_gemm, false);
+        if (l.proj) {
+          const Tensor d = first_rows(l.masks.dropout_h, st.rows);
+          zoneout_h ? dh_rows.addcmul_(grad_dropped, d) : at::mul_out(dh_rows, grad_dropped, d);
+        }
+      } else {  // on top of the direct paths the step wrote (GRU's dh * z, zoneout's)
+        w_hh_step.gemm(dh_rows, d_gemm, /*accumulate=*/Cell::kSplitGateGrads || zoneout_h);
+      }
     }
   });
+  if (l.masks.dropout() && !l.proj) b.dh_state.addcmul_(b.grad_h_dropped, l.masks.dropout_h);
   return gradients_after_loop<Cell, Device>(l, w, b);
 }
 

@@ -35,19 +35,21 @@ class _OpSpec:
     """How one cell's pair of ops (forward, backward) lays out its arguments and outputs.
 
     Layer ops (step=False), one layer and direction over a sequence:
-        <cell>_forward(input, batch_sizes, *states0, *weights, *extras, reverse, need_workspace)
+        <cell>_forward(input, batch_sizes, *states0, *weights, *masks, *extras, reverse, need_workspace)
             -> (output, *states_n, workspace)
-        <cell>_backward(grad_output, *grad_states_n, input, batch_sizes, *states0, *weights, *extras,
-                        workspace, reverse) -> (grad_input, *grad_states0, *grad_weights)
+        <cell>_backward(grad_output, *grad_states_n, input, batch_sizes, *states0, *weights, *masks,
+                        *extras, workspace, reverse) -> (grad_input, *grad_states0, *grad_weights)
+    (masks: the regularizers', csrc/layer_masks.h; not differentiable.)
     Single-step ops (step=True), one step of the cell:
         <cell>_cell_forward(input, *states0, *weights, *extras, need_workspace) -> (*states_n, workspace)
         <cell>_cell_backward(*grad_states_n, input, *states0, *weights, *extras, workspace)
             -> (grad_input, *grad_states0, *grad_weights)
     """
 
-    def __init__(self, cell, n_states, weight_names, n_extras, facts, step=False):
+    def __init__(self, cell, n_states, weight_names, mask_names, n_extras, facts, step=False):
         self.cell, self.n_states, self.n_extras = cell, n_states, n_extras
         self.weight_names = weight_names  # as the schemas and fused_rnn.reference name them
+        self.mask_names = () if step else mask_names
         n_weights = len(weight_names)
         self.step = step
         self.name = f"{cell}_cell" if step else cell
@@ -56,7 +58,8 @@ class _OpSpec:
         self.workspace_units = facts["workspace_units"]
         self.has_cell_state = facts["has_cell_state"]
         self.n_leading = 1 if step else 2  # input (, batch_sizes)
-        self.n_tensors = self.n_leading + n_states + n_weights
+        self.n_differentiable = 1 + n_states + n_weights
+        self.n_tensors = self.n_leading + n_states + n_weights + len(self.mask_names)
         self.n_flags = 1 if step else 2  # (reverse,) need_workspace
 
     def split(self, args):
@@ -68,28 +71,33 @@ class _OpSpec:
     def parts(self, tensors):
         """The forward's tensor arguments -> (input, batch_sizes or None, states0, weights)."""
         states = tensors[self.n_leading:self.n_leading + self.n_states]
-        return tensors[0], None if self.step else tensors[1], states, tensors[self.n_leading + self.n_states:]
+        weights = tensors[self.n_leading + self.n_states:self.n_tensors - len(self.mask_names)]
+        return tensors[0], None if self.step else tensors[1], states, weights
+
+    def masks(self, tensors):
+        """The forward's tensor arguments -> the masks (a tuple, empty for the step ops)."""
+        return tuple(tensors[self.n_tensors - len(self.mask_names):self.n_tensors])
 
     def differentiable(self, tensors):
-        """The tensor arguments that get a gradient: all but batch_sizes."""
-        return [tensors[0], *tensors[self.n_leading:]]
+        """The tensor arguments that get a gradient: all but batch_sizes and the masks."""
+        return [tensors[0], *tensors[self.n_leading:self.n_leading + self.n_differentiable - 1]]
 
     def needs_grad(self, ctx):
         """Whether each of `differentiable` needs a gradient, from ctx.needs_input_grad (one per
         forward argument)."""
         needs = ctx.needs_input_grad
-        return [needs[0], *needs[self.n_leading:self.n_tensors]]
+        return [needs[0], *needs[self.n_leading:self.n_leading + self.n_differentiable - 1]]
 
     def forward_grads(self, result):
         """The gradients of `differentiable` -> one per forward argument (None for the others)."""
-        tail = [None] * (self.n_extras + self.n_flags)
+        tail = [None] * (len(self.mask_names) + self.n_extras + self.n_flags)
         return (*result, *tail) if self.step else (result[0], None, *result[1:], *tail)
 
-    def workspace_width(self, hidden, state, proj, layer_norm):
+    def workspace_width(self, hidden, state, proj, layer_norm, dropout=False):
         norm_cols = _C.norm_columns(self.gates, hidden, self.has_cell_state, layer_norm)
         if self.step:
             return _C.step_workspace_width(self.workspace_units, hidden, proj, norm_cols)
-        return _C.workspace_width(self.workspace_units, hidden, state, proj, norm_cols)
+        return _C.workspace_width(self.workspace_units, hidden, state, proj, norm_cols, dropout)
 
 
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -98,11 +106,15 @@ _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 LAYER_NORM_WEIGHTS = {"lstm": ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c"),
                       "gru": ("ln_weight_ih", "ln_weight_hh")}
 VARIANT_WEIGHTS = ("weight_ch", *LAYER_NORM_WEIGHTS["lstm"])
-_CELL_OPS = {  # cell: n_states, weight names, n_extras, the C++ cell's facts
-    "lstm": (2, (*_WEIGHTS, "weight_hr", "weight_ch", *LAYER_NORM_WEIGHTS["lstm"]), 0, _C.cells["lstm"]),
-    "gru": (1, (*_WEIGHTS, *LAYER_NORM_WEIGHTS["gru"]), 0, _C.cells["gru"]),
+# The regularizers' masks the layer ops take (keyword-only in fused_rnn.functional and reference).
+MASKS = {"lstm": ("zoneout_h", "zoneout_c", "dropout_h"), "gru": ("zoneout_h", "dropout_h"),
+         "rnn": ("zoneout_h", "dropout_h")}
+_CELL_OPS = {  # cell: n_states, weight names, mask names, n_extras, the C++ cell's facts
+    "lstm": (2, (*_WEIGHTS, "weight_hr", "weight_ch", *LAYER_NORM_WEIGHTS["lstm"]), MASKS["lstm"], 0,
+             _C.cells["lstm"]),
+    "gru": (1, (*_WEIGHTS, *LAYER_NORM_WEIGHTS["gru"]), MASKS["gru"], 0, _C.cells["gru"]),
     # tanh and relu share the gate count and workspace (the C++ cells say so for each).
-    "rnn": (1, _WEIGHTS, 1, _C.cells["rnn_tanh"]),
+    "rnn": (1, _WEIGHTS, MASKS["rnn"], 1, _C.cells["rnn_tanh"]),
 }
 SPECS = {cell: _OpSpec(cell, *args) for cell, args in _CELL_OPS.items()}
 STEP_SPECS = {cell: _OpSpec(cell, *args, step=True) for cell, args in _CELL_OPS.items()}
@@ -117,6 +129,7 @@ def _reference_call(spec, tensors, extras, flags):
     input, batch_sizes, states, weights = spec.parts(tensors)
     kwargs = {"nonlinearity": extras[0]} if spec.cell == "rnn" else {}
     kwargs.update(zip(spec.weight_names, weights))
+    kwargs.update((name, mask) for name, mask in zip(spec.mask_names, spec.masks(tensors)) if mask is not None)
     state = tuple(states) if spec.cell == "lstm" else states[0]
     if spec.step:
         out = _REFERENCE_CELLS[spec.cell](input, state, **kwargs)
@@ -153,12 +166,13 @@ def _register(spec):
         w_hh = named["weight_hh"]
         hidden, state = w_hh.shape[0] // spec.gates, w_hh.shape[1]
         proj, layer_norm = named.get("weight_hr") is not None, named.get("ln_weight_hh") is not None
+        dropout = dict(zip(spec.mask_names, spec.masks(tensors))).get("dropout_h") is not None
         outputs = [s.new_empty(s.shape) for s in states0]
         if not spec.step:
             outputs.insert(0, input.new_empty((*input.shape[:-1], state)))
         if need_workspace:
             rows = math.prod(input.shape[:-1])  # not numel // input_size: that may be 0
-            workspace = input.new_empty((rows, spec.workspace_width(hidden, state, proj, layer_norm)))
+            workspace = input.new_empty((rows, spec.workspace_width(hidden, state, proj, layer_norm, dropout)))
         else:
             workspace = input.new_empty((0,))
         return (*outputs, workspace)
@@ -181,12 +195,13 @@ def _register(spec):
         ctx.batch_sizes, ctx.extras, ctx.flags = spec.parts(tensors)[1], extras, flags
         ctx.need_workspace = need_workspace
         ctx.output_shapes = [o.shape for o in output[:-1]]
-        ctx.save_for_backward(*spec.differentiable(tensors), workspace)
+        ctx.save_for_backward(*spec.differentiable(tensors), *spec.masks(tensors), workspace)
 
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
-        differentiable, workspace = list(saved[:-1]), saved[-1]
-        tensors = differentiable if spec.step else (differentiable[0], ctx.batch_sizes, *differentiable[1:])
+        differentiable, workspace = list(saved[:spec.n_differentiable]), saved[-1]
+        masks = saved[spec.n_differentiable:-1]
+        tensors = differentiable if spec.step else (differentiable[0], ctx.batch_sizes, *differentiable[1:], *masks)
         grads = [g if g is not None else differentiable[0].new_zeros(shape)
                  for g, shape in zip(grads[:-1], ctx.output_shapes)]
         if torch.is_grad_enabled():

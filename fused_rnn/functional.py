@@ -8,7 +8,11 @@ then is (a view of it).
 
 The cell variants' weights are keyword-only (``weight_ch`` for a peephole LSTM; ``ln_weight_ih``,
 ``ln_weight_hh`` and the LSTM's ``ln_weight_c``, ``ln_bias_c`` for a layer-normalized cell; their
-equations are fused_rnn.reference's), None for the plain cells.
+equations are fused_rnn.reference's), None for the plain cells. So are the layers' regularizer
+masks (fused_rnn.reference: ``zoneout_h`` with the output's leading shape and the LSTM's
+``zoneout_c``, the weight of the previous state per row and unit; ``dropout_h`` [B, P],
+recurrent dropout's scaled mask), None when off; a layer given one runs the layer op even for
+one time step.
 
 Under ``torch.autocast`` the ops run in the autocast dtype (their floating arguments but
 float64 cast to it, weights once per autocast region) and return it; the modules convert
@@ -121,57 +125,58 @@ def _call(op, need_workspace, *args):
 
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
          batch_sizes=None, reverse=False, *, weight_ch=None, ln_weight_ih=None, ln_weight_hh=None,
-         ln_weight_c=None, ln_bias_c=None):
+         ln_weight_c=None, ln_bias_c=None, zoneout_h=None, zoneout_c=None, dropout_h=None):
     """Returns ``(output, (h_n, c_n))``; with ``weight_hr`` [P, H] the output and h are projected.
     The variants (fused_rnn.reference.lstm_cell): ``weight_ch`` [3H] = (w_ci, w_cf, w_co), a
     peephole LSTM; ``ln_weight_ih``, ``ln_weight_hh`` [4H], ``ln_weight_c``, ``ln_bias_c`` [H]
     (all four), a layer-normalized LSTM."""
     variant = dict(weight_ch=weight_ch, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
                    ln_bias_c=ln_bias_c)
+    masks = (zoneout_h, zoneout_c, dropout_h)
     _check_types("lstm", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
-                 batch_sizes=batch_sizes, **variant)
+                 batch_sizes=batch_sizes, **variant, zoneout_h=zoneout_h, zoneout_c=zoneout_c, dropout_h=dropout_h)
     if hx is None:
         hx = (_zeros(input, batch_sizes, weight_hh, 1), _zeros(input, batch_sizes, weight_hh, 0, gates=4))
-    if _one_step(input, batch_sizes):
+    if _one_step(input, batch_sizes) and masks == (None,) * 3:
         h_n, c_n = _lstm_step(_step_input(input, batch_sizes), hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
                               **variant)
         return _step_output(h_n, batch_sizes), (h_n, c_n)
     h0, c0 = hx
     need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *variant.values())
     output, h_n, c_n, _ = _call(ops.lstm_forward, need, input, batch_sizes, h0, c0, weight_ih, weight_hh, bias_ih,
-                                bias_hh, weight_hr, *variant.values(), reverse)
+                                bias_hh, weight_hr, *variant.values(), *masks, reverse)
     return output, (h_n, c_n)
 
 
 def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes=None, reverse=False, *,
-        ln_weight_ih=None, ln_weight_hh=None):
+        ln_weight_ih=None, ln_weight_hh=None, zoneout_h=None, dropout_h=None):
     """Returns ``(output, h_n)``. ``ln_weight_ih``, ``ln_weight_hh`` [3H] (both): a
     layer-normalized GRU (fused_rnn.reference.gru_cell)."""
     variant = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh)
     _check_types("gru", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, batch_sizes=batch_sizes,
-                 **variant)
+                 **variant, zoneout_h=zoneout_h, dropout_h=dropout_h)
     h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
-    if _one_step(input, batch_sizes):
+    if _one_step(input, batch_sizes) and zoneout_h is None and dropout_h is None:
         h_n = _gru_step(_step_input(input, batch_sizes), h0, weight_ih, weight_hh, bias_ih, bias_hh, **variant)
         return _step_output(h_n, batch_sizes), h_n
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, *variant.values())
     output, h_n, _ = _call(ops.gru_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                           *variant.values(), reverse)
+                           *variant.values(), zoneout_h, dropout_h, reverse)
     return output, h_n
 
 
 def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes=None, reverse=False,
-        nonlinearity="tanh"):
+        nonlinearity="tanh", *, zoneout_h=None, dropout_h=None):
     """Returns ``(output, h_n)``; ``nonlinearity`` is ``"tanh"`` or ``"relu"``."""
     _check_types(f"rnn_{nonlinearity}", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
-                 batch_sizes=batch_sizes)
+                 batch_sizes=batch_sizes, zoneout_h=zoneout_h, dropout_h=dropout_h)
     h0 = _zeros(input, batch_sizes, weight_hh, 1) if hx is None else hx
-    if _one_step(input, batch_sizes):
+    if _one_step(input, batch_sizes) and zoneout_h is None and dropout_h is None:
         h_n = rnn_cell(_step_input(input, batch_sizes), h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
         return _step_output(h_n, batch_sizes), h_n
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     output, h_n, _ = _call(ops.rnn_forward, need, input, batch_sizes, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                           nonlinearity, reverse)
+                           zoneout_h, dropout_h, nonlinearity, reverse)
     return output, h_n
 
 

@@ -67,12 +67,15 @@ def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr
     return h_next, c_next
 
 
-def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ln_weight_ih=None, ln_weight_hh=None):
+def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ln_weight_ih=None, ln_weight_hh=None,
+             dropout_h=None):
     """One step. x [B, I], h [B, H] or None (zeros) -> h' [B, H]. Gate order r|z|n; b_hn sits
     inside r * (...). ln_weight_ih, ln_weight_hh [3H] make it a layer-normalized GRU: each GEMM
-    result normalized before its bias, LN(W_ih x; γ_ih) + b_ih and LN(W_hh h; γ_hh) + b_hh."""
+    result normalized before its bias, LN(W_ih x; γ_ih) + b_ih and LN(W_hh h; γ_hh) + b_hh.
+    dropout_h [B, H]: recurrent dropout's mask on h before W_hh (the direct path z * h keeps h)."""
     h = h if h is not None else x.new_zeros(x.size(0), weight_hh.size(1))
-    x_part, h_part = _normalized_paths(x, h, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih, ln_weight_hh)
+    h_gemm = h if dropout_h is None else h * dropout_h
+    x_part, h_part = _normalized_paths(x, h_gemm, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih, ln_weight_hh)
     x_r, x_z, x_n = x_part.chunk(3, -1)
     h_r, h_z, h_n = h_part.chunk(3, -1)
     r = torch.sigmoid(x_r + h_r)
@@ -94,8 +97,33 @@ def rnn_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearit
 
 
 # ---------------------------------------------------------------------------------------------
+# The regularizers inside the recurrence (fused_rnn/regularizers.py draws their masks):
+#   zoneout_h [*, P] (and the LSTM's zoneout_c [*, H]), the output's leading shape: the weight m
+#     of the previous state per row and unit, h = m * h_prev + (1 - m) * h~ (the cell's h');
+#     the LSTM's gates and h~ see the cell's c' itself, the state carries m_c * c_prev + (1 - m_c) * c'.
+#   dropout_h [B, P]: recurrent dropout, h_prev * d is what W_hh multiplies.
+# ---------------------------------------------------------------------------------------------
+
+def _zone_out(mask, prev, fresh):
+    return fresh if mask is None else mask * prev + (1 - mask) * fresh
+
+
+def _step_masks(masks, rows, n):
+    """The masks of the step owning packed rows `rows` (a slice), whose batch is n: zoneout's
+    rows, recurrent dropout's first n; None stays None."""
+    zoneout = {k: m[rows] for k, m in masks.items() if k.startswith("zoneout") and m is not None}
+    dropout = masks.get("dropout_h")
+    return zoneout, None if dropout is None else dropout[:n]
+
+
+def _rows(mask, batch_sizes):
+    """A zoneout mask as rows of the packed layout ([T, B, W] -> [T * B, W]); None stays None."""
+    return mask if mask is None or batch_sizes is not None else mask.reshape(-1, mask.size(-1))
+
+
+# ---------------------------------------------------------------------------------------------
 # The time loop, once for all cells. A state is a tuple of [B, ...] tensors whose first entry
-# is the hidden state that goes to the output.
+# is the hidden state that goes to the output. step(x, state, rows) gets the step's packed rows.
 # ---------------------------------------------------------------------------------------------
 
 def _recurrence(step, input, state0, batch_sizes, reverse):
@@ -114,7 +142,8 @@ def _recurrence(step, input, state0, batch_sizes, reverse):
     if not reverse:
         state = state0
         for t, n in enumerate(sizes):
-            new = step(input[offsets[t]:offsets[t + 1]], tuple(s[:n] for s in state))
+            rows = slice(offsets[t], offsets[t + 1])
+            new = step(input[rows], tuple(s[:n] for s in state), rows)
             # Rows n: have finished their sequence; they keep their last state.
             state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
             outputs[t] = new[0]
@@ -124,7 +153,8 @@ def _recurrence(step, input, state0, batch_sizes, reverse):
             n = sizes[t]
             # Sequences of length t + 1 (rows len(state):n) start here, from their initial state.
             state = tuple(torch.cat([s, s0[s.size(0):n]]) for s, s0 in zip(state, state0))
-            state = step(input[offsets[t]:offsets[t + 1]], state)
+            rows = slice(offsets[t], offsets[t + 1])
+            state = step(input[rows], state, rows)
             outputs[t] = state[0]
     return torch.cat(outputs), state
 
@@ -142,45 +172,59 @@ def _zeros(input, batch_sizes, size):
 # ---------------------------------------------------------------------------------------------
 
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
-         batch_sizes=None, reverse=False, **variant):
+         batch_sizes=None, reverse=False, *, zoneout_h=None, zoneout_c=None, dropout_h=None, **variant):
     """input [T, B, I] or packed [N, I]; hx = (h0 [B, P or H], c0 [B, H]) or None (zeros).
-    variant: the keyword-only weights of lstm_cell's variants (peephole, layer norm).
+    variant: the keyword-only weights of lstm_cell's variants (peephole, layer norm); the masks
+    of the regularizers as above.
 
     Returns (output [T, B, P or H] or [N, P or H], (h_n [B, P or H], c_n [B, H])).
     """
     if hx is None:
         hx = (_zeros(input, batch_sizes, weight_hh.size(1)),       # P (or H without projection)
               _zeros(input, batch_sizes, weight_hh.size(0) // 4))  # H
+    masks = {"zoneout_h": _rows(zoneout_h, batch_sizes), "zoneout_c": _rows(zoneout_c, batch_sizes),
+             "dropout_h": dropout_h}
 
-    def step(x, state):
-        return lstm_cell(x, state, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, **variant)
+    def step(x, state, rows):
+        (h, c), (zoneout, dropout) = state, _step_masks(masks, rows, x.size(0))
+        h_new, c_new = lstm_cell(x, (h if dropout is None else h * dropout, c), weight_ih, weight_hh, bias_ih,
+                                 bias_hh, weight_hr, **variant)
+        return _zone_out(zoneout.get("zoneout_h"), h, h_new), _zone_out(zoneout.get("zoneout_c"), c, c_new)
 
     output, (h_n, c_n) = _recurrence(step, input, tuple(hx), batch_sizes, reverse)
     return output, (h_n, c_n)
 
 
 def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
-        batch_sizes=None, reverse=False, **variant):
+        batch_sizes=None, reverse=False, *, zoneout_h=None, dropout_h=None, **variant):
     """input [T, B, I] or packed [N, I]; hx = h0 [B, H] or None (zeros). Returns (output, h_n).
-    variant: gru_cell's keyword-only layer-norm weights."""
+    variant: gru_cell's keyword-only layer-norm weights; the masks of the regularizers as above."""
     if hx is None:
         hx = _zeros(input, batch_sizes, weight_hh.size(1))
+    masks = {"zoneout_h": _rows(zoneout_h, batch_sizes), "dropout_h": dropout_h}
 
-    def step(x, state):
-        return (gru_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh, **variant),)
+    def step(x, state, rows):
+        zoneout, dropout = _step_masks(masks, rows, x.size(0))
+        h_new = gru_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh, dropout_h=dropout, **variant)
+        return (_zone_out(zoneout.get("zoneout_h"), state[0], h_new),)
 
     output, (h_n,) = _recurrence(step, input, (hx,), batch_sizes, reverse)
     return output, h_n
 
 
 def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
-        batch_sizes=None, reverse=False, nonlinearity="tanh"):
-    """input [T, B, I] or packed [N, I]; hx = h0 [B, H] or None (zeros). Returns (output, h_n)."""
+        batch_sizes=None, reverse=False, nonlinearity="tanh", *, zoneout_h=None, dropout_h=None):
+    """input [T, B, I] or packed [N, I]; hx = h0 [B, H] or None (zeros). Returns (output, h_n).
+    The masks of the regularizers as above."""
     if hx is None:
         hx = _zeros(input, batch_sizes, weight_hh.size(1))
+    masks = {"zoneout_h": _rows(zoneout_h, batch_sizes), "dropout_h": dropout_h}
 
-    def step(x, state):
-        return (rnn_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity),)
+    def step(x, state, rows):
+        (h,), (zoneout, dropout) = state, _step_masks(masks, rows, x.size(0))
+        h_new = rnn_cell(x, h if dropout is None else h * dropout, weight_ih, weight_hh, bias_ih, bias_hh,
+                         nonlinearity)
+        return (_zone_out(zoneout.get("zoneout_h"), h, h_new),)
 
     output, (h_n,) = _recurrence(step, input, (hx,), batch_sizes, reverse)
     return output, h_n

@@ -52,6 +52,8 @@ struct ForwardNorm {
   const T* gamma_c = nullptr;   // LSTM: [H] γ_c and β_c: h' = o * tanh(γ_c * ĉ' + β_c)
   const T* beta_c = nullptr;
   T* c_stats = nullptr;  // LSTM: [rows, 2] where to keep mean and 1/σ of each c' row, or null
+  T* c_candidate = nullptr;  // LSTM with zoneout on c: [rows, H] where the unit pass keeps c'
+                             //   before zoneout for normalize_c_row (null: c_state holds it)
 };
 
 // Its backward: d_gates_h (dL/d(γ_hh ĥ + b_hh)) becomes d_h_raw (dL/d(h_prev W_hh^T)).
@@ -65,6 +67,29 @@ struct BackwardNorm {
   const T* beta_c = nullptr;
   const T* c_stats = nullptr;  // LSTM: [rows, 2] (stride ws_stride) mean and 1/σ of c'
   T* d_c_norm = nullptr;       // LSTM: [rows, H] dL/d(γ_c ĉ' + β_c), kept for γ_c's and β_c's gradients
+};
+
+// The regularizers inside the recurrence (fused_rnn/regularizers.py), all null when off.
+//   zoneout:           h = m * h_prev + (1 - m) * h~ per row and unit, m the weight of h_prev
+//                      (Bernoulli(p) in training, p in eval); the LSTM's c likewise, own m.
+//   recurrent dropout: the next step's GEMM reads h * d (d: 0 or 1 / (1 - p), one per
+//                      sequence and unit); the GRU's direct path z * h keeps h itself.
+// Per-row buffers here are [rows, state] with the row stride of h_state (grad_h_state in
+// backward), but zoneout masks, whose row stride is their own (0: one row for all, eval).
+// A projected LSTM's h-side regularizers are the driver's (its h is the projection's output).
+template <class T>
+struct StepMasks {
+  const T* zoneout_h = nullptr;  // [rows, state] this step's m for h
+  int64_t zoneout_h_stride = 0;
+  const T* zoneout_c = nullptr;  // LSTM: [rows, H] this step's m for c
+  int64_t zoneout_c_stride = 0;
+  const T* dropout_h = nullptr;  // [rows, state] d
+  T* h_dropped = nullptr;        // forward: h' * d for the next step's GEMM (in: h_prev * d, this
+                                 //   step's GEMM input, which h_dropped_save keeps for backward)
+  T* h_dropped_save = nullptr;   // [rows, state] (stride ws_stride), or null
+  T* grad_h_dropped = nullptr;   // backward: dL/d(h' * d), from the next step's GEMM
+  T* grad_c_direct = nullptr;    // layer-normalized LSTM with zoneout on c: [rows, H] m * dL/dc'
+                                 //   of the next step, set aside by normalize_c_row_backward
 };
 
 // One forward step over `rows` rows of `hidden` units. Pointers are already offset to the
@@ -90,6 +115,7 @@ struct ForwardStep {
   T* h_prev_save = nullptr;  // [rows, H] (stride ws_stride): where to keep h_prev for
                              //   backward, read from h_state before the step overwrites it
   ForwardNorm<T> norm;
+  StepMasks<T> masks;
 };
 
 // One backward step: the mirror image of ForwardStep.
@@ -110,6 +136,7 @@ struct BackwardStep {
   T* d_gates_h = nullptr;  // GRU: [rows, G*H] along the hidden path (n differs by r)
   int64_t d_gates_stride = 0;
   BackwardNorm<T> norm;
+  StepMasks<T> masks;
 };
 
 // Element `col` of a GEMM result row plus its bias (when there is one).
@@ -130,12 +157,64 @@ FUSED_RNN_HD V summed_preactivation(const ForwardStep<T>& a, int64_t b, int64_t 
   return a.bias_hh ? x_part + io.load(a.bias_hh + col) : x_part;
 }
 
+// Zoneout of one value: m * prev + (1 - m) * fresh, m from `mask` (null: fresh itself).
+template <class V, class T, class IO>
+FUSED_RNN_HD V zone_out(const IO& io, const T* mask, V prev, V fresh) {
+  return mask ? fresh + io.load(mask) * (prev - fresh) : fresh;
+}
+
+// Unit j's new hidden value h~ as the step's outputs hold it: zoned out (h_prev read from
+// h_state before this overwrites it), and times the dropout mask for the next step's GEMM.
+template <class V, class T, class IO>
+FUSED_RNN_HD void store_hidden(const ForwardStep<T>& a, int64_t b, int64_t j, V h, const IO& io) {
+  const auto& m = a.masks;
+  T* state = a.h_state ? a.h_state + b * a.h_state_stride + j : nullptr;
+  if (m.zoneout_h) h = zone_out<V>(io, m.zoneout_h + b * m.zoneout_h_stride + j, io.load(state), h);
+  io.store(a.h_out + b * a.h_out_stride + j, h);
+  if (state) io.store(state, h);
+  if (m.h_dropped) {
+    const int64_t k = b * a.h_state_stride + j;
+    io.store(m.h_dropped + k, h * io.load(m.dropout_h + k));
+  }
+}
+
+// dL/dh' of unit j, split by zoneout: `fresh` reaches the cell's h~, `direct` goes straight to
+// h_prev. dL/dh' sums the output's gradient and the next step's: its direct paths (in
+// grad_h_state) and its GEMM's (grad_h_dropped), through the dropout mask.
+template <class V>
+struct HiddenGrad {
+  V fresh, direct;
+};
+template <class V, class T, class IO>
+FUSED_RNN_HD HiddenGrad<V> hidden_grad(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
+  const auto& m = a.masks;
+  V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
+  if (a.grad_h_state) dh = dh + io.load(a.grad_h_state + b * a.grad_h_state_stride + j);
+  if (m.grad_h_dropped) {
+    const int64_t k = b * a.grad_h_state_stride + j;
+    dh = dh + io.load(m.grad_h_dropped + k) * io.load(m.dropout_h + k);
+  }
+  if (!m.zoneout_h) return {dh, V(0)};
+  const V direct = io.load(m.zoneout_h + b * m.zoneout_h_stride + j) * dh;
+  return {dh - direct, direct};
+}
+
+// Whether a backward step writes the gradient of h_prev's direct paths to grad_h_state (else
+// the driver's GEMM overwrites it): the GRU's always, the other cells' under a regularizer.
+template <class T>
+FUSED_RNN_HD bool writes_direct_grad(const BackwardStep<T>& a) {
+  return a.grad_h_state && (a.masks.zoneout_h || a.masks.grad_h_dropped);
+}
+
 // Element (row b, unit j) of a step as every device's loop runs it. Forward: keep h_prev
 // for backward, then the cell's own math. Backward: the cell's math.
 template <class Cell, class V, class T, class IO>
 FUSED_RNN_HD void step_element(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
   if (a.h_prev_save) {
     io.store(a.h_prev_save + b * a.ws_stride + j, io.load(a.h_state + b * a.h_state_stride + j));
+  }
+  if (a.masks.h_dropped_save) {
+    io.store(a.masks.h_dropped_save + b * a.ws_stride + j, io.load(a.masks.h_dropped + b * a.h_state_stride + j));
   }
   Cell::template forward<V>(a, b, j, io);
 }

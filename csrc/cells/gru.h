@@ -1,7 +1,8 @@
 // GRU cell, torch.nn gate order r|z|n:
 //   r = s(x_r + h_r)  z = s(x_z + h_z)      (x_* = W_i* x + b_i*, h_* = W_h* h + b_h*)
 //   n = tanh(x_n + r * h_n)                  h' = (1 - z) * n + z * h
-// The only place these equations are written.
+// The only place these equations are written. (Zoneout and recurrent dropout: common.h's
+// store_hidden and hidden_grad.)
 #pragma once
 #include "common.h"
 
@@ -28,10 +29,8 @@ struct GruCell {
     const V r = M::sigmoid(gemm_plus_bias<V>(io, xg, a.bias_ih, j) + gemm_plus_bias<V>(io, hg, a.bias_hh, j));
     const V z = M::sigmoid(gemm_plus_bias<V>(io, xg, a.bias_ih, H + j) + gemm_plus_bias<V>(io, hg, a.bias_hh, H + j));
     const V n = M::tanh(gemm_plus_bias<V>(io, xg, a.bias_ih, 2 * H + j) + r * hn);
-    T* h_ptr = a.h_state + b * a.h_state_stride + j;
-    const V h = n + z * (io.load(h_ptr) - n);
-    io.store(h_ptr, h);
-    io.store(a.h_out + b * a.h_out_stride + j, h);
+    const V h = n + z * (io.load(a.h_state + b * a.h_state_stride + j) - n);
+    store_hidden<V>(a, b, j, h, io);
     if (a.ws) {
       T* w = a.ws + b * a.ws_stride + j;
       io.store(w, r);
@@ -45,9 +44,8 @@ struct GruCell {
   static FUSED_RNN_HD void backward(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
     const int64_t H = a.hidden;
     const V one(1);
-    T* dh_state = a.grad_h_state ? a.grad_h_state + b * a.grad_h_state_stride + j : nullptr;
-    V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
-    if (dh_state) dh = dh + io.load(dh_state);
+    const auto g = hidden_grad<V>(a, b, j, io);
+    const V dh = g.fresh;
     const T* w = a.ws + b * a.ws_stride + j;
     const V r = io.load(w), z = io.load(w + H), n = io.load(w + 2 * H), hn = io.load(w + 3 * H);
     const V h_prev = io.load(a.h_prev + b * a.h_prev_stride + j);
@@ -62,8 +60,9 @@ struct GruCell {
     io.store(dhg, dr);
     io.store(dhg + H, dz);
     io.store(dhg + 2 * H, dn * r);
-    // The direct path h' = ... + z * h_prev; the driver adds dgates_h W_hh on top.
-    io.store(dh_state, dh * z);
+    // The direct paths h' = ... + z * h_prev (and zoneout's); the driver's GEMM adds
+    // d_gates_h W_hh on top, or keeps it apart under recurrent dropout.
+    io.store(a.grad_h_state + b * a.grad_h_state_stride + j, g.direct + dh * z);
   }
 };
 

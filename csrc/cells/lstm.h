@@ -5,6 +5,8 @@
 //   i = s(p_i + w_ci * c)   f = s(p_f + w_cf * c)   o = s(p_o + w_co * c')
 // Layer-normalized LSTM (layer_norm.h; p's two GEMM parts normalized before the cell):
 //   h' = o * tanh(LN(c'; γ_c) + β_c)
+// Zoneout (common.h's StepMasks) mixes c_prev into the c' above and h_prev into the h': the
+// state carries c = m_c * c_prev + (1 - m_c) * c', the gates and h' see c' itself.
 // The only place these equations are written. Projection (h' W_hr^T) is a GEMM in the driver,
 // the peephole weights' gradients are sums over rows in the driver (kPeepholeGrads).
 #pragma once
@@ -44,16 +46,16 @@ struct LstmCell {
       p[1] = p[1] + io.load(a.peephole + H + j) * c_prev;
     }
     const V i = M::sigmoid(p[0]), f = M::sigmoid(p[1]), g = M::tanh(p[2]);
-    const V c = f * c_prev + i * g;
+    const V c = f * c_prev + i * g;  // c~ below zoneout: what o, h~ and backward see
     if (a.peephole) p[3] = p[3] + io.load(a.peephole + 2 * H + j) * c;
     const V o = M::sigmoid(p[3]);
-    io.store(c_ptr, c);
+    const T* zc = a.masks.zoneout_c;
+    io.store(c_ptr, zone_out<V>(io, zc ? zc + b * a.masks.zoneout_c_stride + j : nullptr, c_prev, c));
     if (a.norm.gamma_c) {  // h' needs the row's statistics of c': normalize_c_row; o waits in h_out
+      if (a.norm.c_candidate) io.store(a.norm.c_candidate + b * H + j, c);
       io.store(a.h_out + b * a.h_out_stride + j, o);
     } else {
-      const V h = o * M::tanh(c);
-      io.store(a.h_out + b * a.h_out_stride + j, h);
-      if (a.h_state) io.store(a.h_state + b * a.h_state_stride + j, h);
+      store_hidden<V>(a, b, j, o * M::tanh(c), io);
     }
     if (a.ws) {
       T* w = a.ws + b * a.ws_stride + j;
@@ -71,18 +73,24 @@ struct LstmCell {
     using M = Math<V>;
     const int64_t H = a.hidden;
     const V one(1);
-    V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
-    if (a.grad_h_state) dh = dh + io.load(a.grad_h_state + b * a.grad_h_state_stride + j);
+    const auto dh_parts = hidden_grad<V>(a, b, j, io);
+    const V dh = dh_parts.fresh;
+    if (writes_direct_grad(a)) io.store(a.grad_h_state + b * a.grad_h_state_stride + j, dh_parts.direct);
     const T* w = a.ws + b * a.ws_stride + j;
     const V i = io.load(w), f = io.load(w + H), g = io.load(w + 2 * H), o = io.load(w + 3 * H);
     const V c_prev = io.load(w + 4 * H), c = io.load(w + 5 * H);
     T* dc_ptr = a.grad_c_state + b * H + j;
-    V tc, dc = io.load(dc_ptr);
-    if (a.norm.gamma_c) {  // normalize_c_row_backward has added the path through LN(c') to dc
+    V tc, dc = io.load(dc_ptr), dc_direct(0);  // dL/dc~, and what zoneout passes to c_prev
+    if (a.norm.gamma_c) {  // normalize_c_row_backward has made dc dL/dc~ (and set dc_direct aside)
       const T* st = a.norm.c_stats + b * a.ws_stride;
       const V c_hat = (c - V(static_cast<double>(st[0]))) * V(static_cast<double>(st[1]));
       tc = M::tanh(c_hat * io.load(a.norm.gamma_c + j) + io.load(a.norm.beta_c + j));
+      if (a.masks.zoneout_c) dc_direct = io.load(a.masks.grad_c_direct + b * H + j);
     } else {
+      if (a.masks.zoneout_c) {
+        dc_direct = io.load(a.masks.zoneout_c + b * a.masks.zoneout_c_stride + j) * dc;
+        dc = dc - dc_direct;
+      }
       tc = M::tanh(c);
       dc = dc + dh * o * (one - tc * tc);
     }
@@ -94,7 +102,7 @@ struct LstmCell {
     io.store(d + H, d_f);
     io.store(d + 2 * H, dc * i * (one - g * g));
     io.store(d + 3 * H, d_o);
-    V dc_prev = dc * f;
+    V dc_prev = dc_direct + dc * f;
     if (a.peephole) dc_prev = dc_prev + d_i * io.load(a.peephole + j) + d_f * io.load(a.peephole + H + j);
     io.store(dc_ptr, dc_prev);
   }
@@ -105,14 +113,13 @@ struct LstmCell {
   static FUSED_RNN_HD void normalize_c_row(const ForwardStep<T>& a, int64_t b, const Row& row) {
     using M = Math<V>;
     const int64_t H = a.hidden;
-    const T* c = a.c_state + b * H;
-    T* h = a.h_out + b * a.h_out_stride;
+    const T* c = (a.norm.c_candidate ? a.norm.c_candidate : a.c_state) + b * H;
+    const T* o = a.h_out + b * a.h_out_stride;
     const auto st = row_stats<V>(row, c, H);
     row.for_each(H, [&](int64_t j, const auto& io) {
       const V c_hat = (io.load(c + j) - V(st.mean)) * V(st.rstd);
-      const V out = io.load(h + j) * M::tanh(c_hat * io.load(a.norm.gamma_c + j) + io.load(a.norm.beta_c + j));
-      io.store(h + j, out);
-      if (a.h_state) io.store(a.h_state + b * a.h_state_stride + j, out);
+      const V h = io.load(o + j) * M::tanh(c_hat * io.load(a.norm.gamma_c + j) + io.load(a.norm.beta_c + j));
+      store_hidden<V>(a, b, j, h, io);
     });
     if (a.norm.c_stats && row.leader()) {
       a.norm.c_stats[b * a.ws_stride] = static_cast<T>(st.mean);
@@ -133,8 +140,7 @@ struct LstmCell {
     T* dy_row = a.norm.d_c_norm + b * H;
     V sum_g(0), sum_gc(0);
     row.for_each(H, [&](int64_t j, const auto& io) {
-      V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
-      if (a.grad_h_state) dh = dh + io.load(a.grad_h_state + b * a.grad_h_state_stride + j);
+      const V dh = hidden_grad<V>(a, b, j, io).fresh;
       const V c_hat = (io.load(w + 5 * H + j) - V(mean)) * V(rstd), gamma = io.load(a.norm.gamma_c + j);
       const V th = M::tanh(c_hat * gamma + io.load(a.norm.beta_c + j));
       const V dy = dh * io.load(w + 3 * H + j) * (V(S(1)) - th * th);
@@ -144,10 +150,17 @@ struct LstmCell {
     });
     const S mean_g = row.sum(sum_g) / S(H), mean_gc = row.sum(sum_gc) / S(H);
     T* dc = a.grad_c_state + b * H;
+    const T* zc = a.masks.zoneout_c ? a.masks.zoneout_c + b * a.masks.zoneout_c_stride : nullptr;
     row.for_each(H, [&](int64_t j, const auto& io) {
       const V c_hat = (io.load(w + 5 * H + j) - V(mean)) * V(rstd);
       const V g = io.load(dy_row + j) * io.load(a.norm.gamma_c + j);
-      io.store(dc + j, io.load(dc + j) + (g - V(mean_g) - c_hat * V(mean_gc)) * V(rstd));
+      V dc_next = io.load(dc + j);  // dL/dc' of the next step: zoneout sends part of it to c_prev
+      if (zc) {
+        const V direct = io.load(zc + j) * dc_next;
+        io.store(a.masks.grad_c_direct + b * H + j, direct);
+        dc_next = dc_next - direct;
+      }
+      io.store(dc + j, dc_next + (g - V(mean_g) - c_hat * V(mean_gc)) * V(rstd));
     });
   }
 };

@@ -1,4 +1,5 @@
 // Elman RNN cell: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+// (Zoneout and recurrent dropout: common.h's store_hidden and hidden_grad.)
 // The only place these equations are written.
 #pragma once
 #include "common.h"
@@ -22,19 +23,18 @@ struct RnnCell {
     using M = Math<V>;
     const V p = summed_preactivation<V>(a, b, j, io);
     const V h = kAct == Activation::kTanh ? M::tanh(p) : M::relu(p);
-    io.store(a.h_state + b * a.h_state_stride + j, h);
-    io.store(a.h_out + b * a.h_out_stride + j, h);
     if (a.ws) io.store(a.ws + b * a.ws_stride + j, h);
+    store_hidden<V>(a, b, j, h, io);
   }
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void backward(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
     using M = Math<V>;
-    V dh = io.load(a.grad_h + b * a.grad_h_stride + j);
-    if (a.grad_h_state) dh = dh + io.load(a.grad_h_state + b * a.grad_h_state_stride + j);
+    const auto dh = hidden_grad<V>(a, b, j, io);
     const V h = io.load(a.ws + b * a.ws_stride + j);
-    const V dp = kAct == Activation::kTanh ? dh * (V(1) - h * h) : M::relu_grad(h, dh);
+    const V dp = kAct == Activation::kTanh ? dh.fresh * (V(1) - h * h) : M::relu_grad(h, dh.fresh);
     io.store(a.d_gates_x + b * a.d_gates_stride + j, dp);
+    if (writes_direct_grad(a)) io.store(a.grad_h_state + b * a.grad_h_state_stride + j, dh.direct);
   }
 };
 

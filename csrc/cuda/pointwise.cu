@@ -123,14 +123,19 @@ template <class T>
 bool vector_aligned(const ForwardStep<T>& a) {
   return vector_aligned<T>(
       a.hidden,
-      {a.x_gates, a.bias_ih, a.h_gates, a.bias_hh, a.peephole, a.h_state, a.c_state, a.h_out, a.ws, a.h_prev_save},
-      {a.x_stride, a.h_stride, a.h_state_stride, a.h_out_stride, a.ws_stride});
+      {a.x_gates, a.bias_ih, a.h_gates, a.bias_hh, a.peephole, a.h_state, a.c_state, a.h_out, a.ws, a.h_prev_save,
+       a.masks.zoneout_h, a.masks.zoneout_c, a.masks.dropout_h, a.masks.h_dropped, a.masks.h_dropped_save},
+      {a.x_stride, a.h_stride, a.h_state_stride, a.h_out_stride, a.ws_stride, a.masks.zoneout_h_stride,
+       a.masks.zoneout_c_stride});
 }
 template <class T>
 bool vector_aligned(const BackwardStep<T>& a) {
   return vector_aligned<T>(
-      a.hidden, {a.grad_h, a.grad_h_state, a.grad_c_state, a.peephole, a.ws, a.h_prev, a.d_gates_x, a.d_gates_h},
-      {a.grad_h_stride, a.grad_h_state_stride, a.ws_stride, a.h_prev_stride, a.d_gates_stride});
+      a.hidden,
+      {a.grad_h, a.grad_h_state, a.grad_c_state, a.peephole, a.ws, a.h_prev, a.d_gates_x, a.d_gates_h,
+       a.masks.zoneout_h, a.masks.zoneout_c, a.masks.dropout_h, a.masks.grad_h_dropped},
+      {a.grad_h_stride, a.grad_h_state_stride, a.ws_stride, a.h_prev_stride, a.d_gates_stride,
+       a.masks.zoneout_h_stride, a.masks.zoneout_c_stride});
 }
 
 constexpr unsigned kThreads = 256;      // threads per block
