@@ -1,7 +1,8 @@
 """A word-level language model in the style of AWD-LSTM (Merity et al. 2017), on fused_rnn's
-regularizer options: DropConnect on the recurrent weights (``weight_drop``), dropout between
-layers, residual layers (``residual``), tied input and output embeddings, trained by truncated
-backpropagation through time (``fused_rnn.tbptt``). Reported per epoch: perplexity on the
+regularizer options: DropConnect on the recurrent weights (``weight_drop``), variational
+dropout on the recurrent state (``recurrent_dropout``), optionally zoneout (``--zoneout P``),
+dropout between layers, residual layers (``residual``), tied input and output embeddings,
+trained by truncated backpropagation through time (``fused_rnn.tbptt``). Reported per epoch: perplexity on the
 training text and on the held-out text; predicting every word by its training frequency scores
 the unigram perplexity, which results.json gives for comparison.
 
@@ -9,9 +10,6 @@ Data: the docstrings of Python's standard library (examples/char_lm.py collects 
 text on every machine with the same Python version), lower-cased and split into words, digits
 and punctuation; words seen fewer than 3 times in the training text are <unk>; every tenth
 docstring is held out.
-
-AWD-LSTM's variational recurrent dropout and zoneout are not fused_rnn options yet; where this
-model would use them it uses weight drop alone.
 
 ``--quick`` (60k training words, 4 epochs, a 2-layer 128-unit model; about 16 s on this
 project's 2-core machine) reaches a held-out perplexity below QUICK_PPL_THRESHOLD = 125
@@ -36,13 +34,18 @@ from torch import nn
 import fused_rnn
 
 QUICK = dict(train_words=60_000, heldout_words=15_000, epochs=4, hidden=128, layers=2, batch=32, bptt=35,
-             lr=3e-3, dropout=0.2, weight_drop=0.3)
+             lr=3e-3, dropout=0.2, weight_drop=0.3, recurrent_dropout=0.1)
 FULL = dict(train_words=None, heldout_words=None, epochs=8, hidden=256, layers=3, batch=32, bptt=35, lr=2e-3,
-            dropout=0.3, weight_drop=0.5)
+            dropout=0.3, weight_drop=0.5, recurrent_dropout=0.2)
 QUICK_PPL_THRESHOLD = 125.0
 MIN_COUNT = 3
 UNK, EOS = "<unk>", "<eos>"
 TOKEN = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
+
+
+def _zoneout_option(parser):
+    parser.add_argument("--zoneout", type=float, default=0.0,
+                        help="zoneout probability of the LSTM's h and c (Krueger et al. 2016; default 0: off)")
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -76,15 +79,17 @@ def batchify(ids: list[int], batch: int, device) -> tuple[torch.Tensor, torch.Te
 
 # ---- model ----------------------------------------------------------------------------------
 class WordLM(nn.Module):
-    """Embedding -> fused LSTM (weight drop, dropout between layers, residual) -> the embedding's
-    transpose (tied weights), with dropout on the embeddings and on the LSTM's output."""
+    """Embedding -> fused LSTM (weight drop, recurrent dropout, zoneout, dropout between layers,
+    residual) -> the embedding's transpose (tied weights), with dropout on the embeddings and on
+    the LSTM's output."""
 
     def __init__(self, vocab_size, cfg):
         super().__init__()
         hidden = cfg["hidden"]
         self.embed = nn.Embedding(vocab_size, hidden)
         self.rnn = fused_rnn.LSTM(hidden, hidden, num_layers=cfg["layers"], dropout=cfg["dropout"],
-                                  weight_drop=cfg["weight_drop"], residual=True)
+                                  weight_drop=cfg["weight_drop"], recurrent_dropout=cfg["recurrent_dropout"],
+                                  zoneout=cfg["zoneout"], residual=True)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
         self.dropout = cfg["dropout"]
 
@@ -116,8 +121,9 @@ def plot(history: dict, unigram: float, out_dir: str) -> str:
 
 
 def main():
-    args = parse_args("Word-level LSTM language model with weight drop and residual layers (AWD-LSTM style).")
-    cfg = dict(QUICK if args.quick else FULL)
+    args = parse_args("Word-level LSTM language model with weight drop, recurrent dropout and residual layers "
+                      "(AWD-LSTM style).", extra=_zoneout_option)
+    cfg = dict(QUICK if args.quick else FULL, zoneout=args.zoneout)
     epochs = args.epochs or cfg["epochs"]
     vocab, train_ids, held_ids, unigram = corpus(cfg)
     print(f"{len(train_ids)} training words, {len(held_ids)} held-out, vocabulary {len(vocab)}, "

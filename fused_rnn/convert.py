@@ -10,8 +10,8 @@ built before the conversion keeps working), buffers, device, dtype, training mod
 state_dict keys stay as they are.
 
 A cell variant or regularizer torch.nn does not have (``peephole``, ``layer_norm``,
-``weight_drop``, ``residual``) has no torch.nn counterpart: ``to_torch`` refuses a model that
-holds one, before converting anything.
+``weight_drop``, ``zoneout``, ``recurrent_dropout``, ``residual``) has no torch.nn counterpart:
+``to_torch`` refuses a model that holds one, before converting anything.
 
 Only modules of exactly these classes are converted. A user's own subclass of ``nn.LSTM``
 may have its own ``forward`` and is left alone. A module with parametrized weights

@@ -1,5 +1,15 @@
-"""Regularizers of the layer modules that act on their weights and layers, as keyword-only
-options (off by default, so every torch.nn call is unchanged):
+"""Regularizers of the layer modules, as keyword-only options (off by default, so every
+torch.nn call is unchanged):
+
+    zoneout      (LSTM, GRU, RNN)  Krueger et al. 2016: in training, per row, unit and step, with
+                                   probability p a unit keeps its previous value,
+                                   h_t = m * h_{t-1} + (1 - m) * h~_t, m ~ Bernoulli(p); the
+                                   LSTM's c likewise with its own m. In eval m = p (the
+                                   expectation). The output sequence holds the zoned-out h_t.
+    recurrent_dropout  (LSTM, GRU, RNN)  variational dropout (Gal and Ghahramani 2016): in
+                                   training, one mask per sequence and unit, fixed across the
+                                   steps, on h_{t-1} before W_hh, scaled by 1 / (1 - p) (the
+                                   GRU's direct path z * h_{t-1} keeps h_{t-1}).
 
     weight_drop  (LSTM, GRU, RNN)  DropConnect on each layer and direction's W_hh (Wan et al.
                                    2013), as AWD-LSTM uses it: in training, one mask over
@@ -10,24 +20,33 @@ options (off by default, so every torch.nn call is unchanged):
     residual     (LSTM, GRU, RNN)  from the second layer on, each layer's output plus its input
                                    (before the dropout between layers).
 
-Masks come from PyTorch's generator, so torch.manual_seed reproduces a run:
-weight_drop_masks(module) draws them, in the order forward does (layer, then direction), and
+zoneout and recurrent_dropout run inside the fused recurrence: the layer ops take their masks
+(fused_rnn.functional's zoneout_h, zoneout_c, dropout_h). Masks come from PyTorch's generator,
+so torch.manual_seed reproduces a run: weight_drop_masks(module) draws W_hh's before any layer
+runs (layer, then direction), recurrence_masks those of each layer and direction as it runs;
 a test can give the same masks to fused_rnn.reference.
 """
 import torch
 
-__all__ = ["weight_drop_masks"]
+__all__ = ["weight_drop_masks", "recurrence_masks"]
+
+# option -> what its probability is the probability of (torch.nn's dropout message)
+_RATES = {"weight_drop": "an element of weight_hh being zeroed",
+          "zoneout": "a unit keeping its previous value at a step",
+          "recurrent_dropout": "a unit of the recurrent state being zeroed"}
 
 
-def check(module, weight_drop, residual):
-    """Checks and records the options on module (torch.nn's dropout message for the rate)."""
+def check(module, residual, **rates):
+    """Checks and records the options on module (torch.nn's dropout message for a rate)."""
     kind = type(module).__name__
-    if isinstance(weight_drop, bool) or not isinstance(weight_drop, (int, float)) or not 0 <= weight_drop <= 1:
-        raise ValueError(f"{kind}: weight_drop should be a number in range [0, 1] representing the probability of "
-                         f"an element of weight_hh being zeroed, but got {weight_drop!r}")
+    for name, rate in rates.items():
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ValueError(f"{kind}: {name} should be a number in range [0, 1] representing the probability of "
+                             f"{_RATES[name]}, but got {rate!r}")
+        setattr(module, name, float(rate))
     if not isinstance(residual, bool):
         raise TypeError(f"{kind}: residual should be a bool, but got {type(residual).__name__}")
-    module.weight_drop, module.residual = float(weight_drop), residual
+    module.residual = residual
 
 
 def weight_drop_masks(module, weights_hh):
@@ -40,9 +59,31 @@ def weight_drop_masks(module, weights_hh):
     return [(torch.rand_like(w) < keep).to(w.dtype) / keep for w in weights_hh]
 
 
+def recurrence_masks(module, input, batch_sizes, state, hidden):
+    """The masks of one layer and direction for fused_rnn.functional's layer op (keywords; none
+    when the options are off): zoneout's per row, unit and step (input: the layer's time-major
+    [T, B, I] or packed [N, I] input, with batch_sizes), drawn in one call each for the whole
+    sequence, h's then the LSTM's c's (hidden units); in eval one row of p, expanded; then in
+    training recurrent dropout's [batch, state]."""
+    masks = {}
+    p, leading = module.zoneout, input.shape[:-1]
+    if p:
+        widths = {"zoneout_h": state, **({"zoneout_c": hidden} if module.mode == "LSTM" else {})}
+        for name, width in widths.items():
+            if module.training:
+                masks[name] = (torch.rand(*leading, width, device=input.device) < p).to(input.dtype)
+            else:
+                masks[name] = input.new_full((width,), p).expand(*leading, width)
+    if module.recurrent_dropout and module.training:
+        keep = 1.0 - module.recurrent_dropout
+        batch = input.size(1) if batch_sizes is None else int(batch_sizes[0])
+        drawn = torch.rand(batch, state, device=input.device) < keep
+        masks["dropout_h"] = drawn.to(input.dtype) / keep if keep else input.new_zeros(batch, state)
+    return masks
+
+
 def options_repr(module):
-    """", weight_drop=0.5, residual=True" for the options that are on ("" for none, and for
-    modules without them)."""
-    weight_drop, residual = getattr(module, "weight_drop", 0.0), getattr(module, "residual", False)
-    parts = [f", weight_drop={weight_drop}"] if weight_drop else []
-    return "".join(parts + ([", residual=True"] if residual is True else []))
+    """", weight_drop=0.5, zoneout=0.1, residual=True" for the options that are on ("" for
+    none, and for modules without them)."""
+    parts = [f", {name}={getattr(module, name)}" for name in _RATES if getattr(module, name, 0.0)]
+    return "".join(parts + ([", residual=True"] if getattr(module, "residual", False) is True else []))

@@ -19,7 +19,8 @@ On CPU this draws the very same masks as torch.nn for the same seed.
 Beyond torch.nn, keyword-only options select cell variants (fused_rnn/variants.py: their
 parameters): ``LSTM(..., *, peephole=False, layer_norm=False)``, ``GRU(..., *, layer_norm=False)``
 and the same on LSTMCell / GRUCell; and regularizers of the layer modules
-(fused_rnn/regularizers.py): ``weight_drop`` (DropConnect on W_hh) and ``residual``. Off by
+(fused_rnn/regularizers.py): ``weight_drop`` (DropConnect on W_hh), ``zoneout``,
+``recurrent_dropout`` (variational, on h before W_hh) and ``residual``. Off by
 default, so every torch.nn call is unchanged.
 """
 
@@ -42,10 +43,11 @@ class _FusedRNNMixin(variants.VariantOptions):
     """forward() for the three RNNBase subclasses below (and the variant options); everything
     else is torch.nn's."""
 
-    weight_drop, residual = 0.0, False  # regularizers.py, set by the constructors
+    # regularizers.py, set by the constructors
+    weight_drop, zoneout, recurrent_dropout, residual = 0.0, 0.0, 0.0, False
 
-    def _setup_options(self, weight_drop, residual, **variant_options):
-        regularizers.check(self, weight_drop, residual)
+    def _setup_options(self, regularizer_options, **variant_options):
+        regularizers.check(self, **regularizer_options)
         directions = ["", "_reverse"] if self.bidirectional else [""]
         suffixes = [f"_l{layer}{d}" for layer in range(self.num_layers) for d in directions]
         variants.setup(self, self.mode, self._gates, suffixes, **variant_options)
@@ -166,13 +168,16 @@ class _FusedRNNMixin(variants.VariantOptions):
             layer_weights = [(w[0], w[1] * mask, *w[2:]) for w, mask in zip(layer_weights, masks)]
         states_n = []  # per layer and direction: h, or (h, c)
         layer_input = input
+        state = self.proj_size if getattr(self, "proj_size", 0) > 0 else self.hidden_size
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
                 index = layer * num_directions + direction
+                masks = regularizers.recurrence_masks(self, layer_input, batch_sizes, state, self.hidden_size)
                 out, state_n = layer_op(
                     layer_input, _layer_state(hx, index), *layer_weights[index],
                     batch_sizes=batch_sizes, reverse=direction == 1, **op_kwargs, **self._variant_weights(index),
+                    **masks,
                 )
                 outputs.append(out)
                 states_n.append(state_n)
@@ -264,27 +269,32 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
     __doc__ = nn.LSTM.__doc__
     _gates = 4
 
-    def __init__(self, *args, peephole=False, layer_norm=False, weight_drop=0.0, residual=False, **kwargs):
+    def __init__(self, *args, peephole=False, layer_norm=False, weight_drop=0.0, zoneout=0.0, recurrent_dropout=0.0,
+                 residual=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setup_options(weight_drop, residual, peephole=peephole, layer_norm=layer_norm)
+        self._setup_options(dict(weight_drop=weight_drop, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+                                 residual=residual), peephole=peephole, layer_norm=layer_norm)
 
 
 class GRU(_FusedRNNMixin, nn.GRU):
     __doc__ = nn.GRU.__doc__
     _gates = 3
 
-    def __init__(self, *args, layer_norm=False, weight_drop=0.0, residual=False, **kwargs):
+    def __init__(self, *args, layer_norm=False, weight_drop=0.0, zoneout=0.0, recurrent_dropout=0.0, residual=False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self._setup_options(weight_drop, residual, layer_norm=layer_norm)
+        self._setup_options(dict(weight_drop=weight_drop, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+                                 residual=residual), layer_norm=layer_norm)
 
 
 class RNN(_FusedRNNMixin, nn.RNN):
     __doc__ = nn.RNN.__doc__
     _gates = 1
 
-    def __init__(self, *args, weight_drop=0.0, residual=False, **kwargs):
+    def __init__(self, *args, weight_drop=0.0, zoneout=0.0, recurrent_dropout=0.0, residual=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setup_options(weight_drop, residual)
+        self._setup_options(dict(weight_drop=weight_drop, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+                                 residual=residual))
 
 
 # torch.compile(model, fullgraph=True) traces these without the user setting a dynamo flag.

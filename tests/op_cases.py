@@ -2,7 +2,7 @@
 tests/sanitize_cuda.py, and the comparison of a case with the float64 reference."""
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -48,15 +48,17 @@ class Case:
     weights: list  # the op's (fused_rnn._ops.SPECS[op].weight_names); biases and variants' may be None
     reverse: bool
     step: bool = False  # one step of the cell: input [B, I], the single-step ops; states [] = hx omitted
+    masks: dict = field(default_factory=dict)  # the regularizers' (name -> tensor, _ops.MASKS), not leaves
 
     def leaves(self):
         return [t for t in [self.input, *self.states, *self.weights] if t is not None]
 
-    def with_leaves(self, leaves):
-        """The same case with other tensors in place of input, states and weights."""
+    def with_leaves(self, leaves, masks=None):
+        """The same case with other tensors in place of input, states and weights (and masks)."""
         it = iter(leaves)
         case = Case(self.cell, next(it), self.batch_sizes, [next(it) for _ in self.states],
-                    [next(it) if w is not None else None for w in self.weights], self.reverse, self.step)
+                    [next(it) if w is not None else None for w in self.weights], self.reverse, self.step,
+                    self.masks if masks is None else masks)
         assert next(it, None) is None, "more leaves than the case has tensors"
         return case
 
@@ -65,8 +67,9 @@ class Case:
         extras = [self.cell[4:]] if OP[self.cell] == "rnn" else []  # the nonlinearity
         if self.step:
             return f"{OP[self.cell]}_cell_forward", (self.input, *self.states, *self.weights, *extras, need_workspace)
-        return f"{OP[self.cell]}_forward", (self.input, self.batch_sizes, *self.states, *self.weights, *extras,
-                                            self.reverse, need_workspace)
+        masks = [self.masks.get(name) for name in _ops.MASKS[OP[self.cell]]]
+        return f"{OP[self.cell]}_forward", (self.input, self.batch_sizes, *self.states, *self.weights, *masks,
+                                            *extras, self.reverse, need_workspace)
 
     def weight_args(self):
         """The weights as fused_rnn.functional and reference take them: (positional, keyword);
@@ -81,7 +84,7 @@ class Case:
         step case: the states after the step, through the module's cell functions."""
         if self.step:
             return self._run_step(module)
-        kw = dict(batch_sizes=self.batch_sizes, reverse=self.reverse)
+        kw = dict(batch_sizes=self.batch_sizes, reverse=self.reverse, **self.masks)
         if self.cell.startswith("lstm"):
             weights, variant = self.weight_args()
             out, (h, c) = module.lstm(self.input, tuple(self.states), *weights, **kw, **variant)
@@ -108,9 +111,10 @@ class Case:
 
 
 def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64, device="cpu",
-              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0, scale=0.5, step=False, hx=True):
+              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0, scale=0.5, step=False, hx=True, masks=()):
     """A layer case, or with step=True one step of the cell (input [B, I]); hx=False: no states
-    (the ops' hx=None, zeros)."""
+    (the ops' hx=None, zeros). masks: regularizers given random masks, of "zoneout" (Bernoulli
+    with p = 0.3: h, and the LSTM's c) and "dropout" (recurrent dropout with p = 0.3)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, mean=0.0):
@@ -139,7 +143,23 @@ def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64,
         norm = [rand(gh, mean=1.0), rand(gh, mean=1.0)]
         norm += [rand(H, mean=1.0), rand(H)] if cell.startswith("lstm") else []
         weights += norm if layer_norm(cell) else [None] * len(norm)
-    return Case(cell, x, batch_sizes, states, weights, reverse, step)
+    return Case(cell, x, batch_sizes, states, weights, reverse, step, random_masks(cell, masks, x, B, H, state, g))
+
+
+def random_masks(cell, which, x, batch, hidden, state, generator, p=0.3):
+    """The masks of the regularizers in `which` for a case with input x (see make_case)."""
+    def bernoulli(*shape, keep):
+        return (torch.rand(*shape, generator=generator) < keep).to(dtype=x.dtype, device=x.device)
+
+    leading = x.shape[:-1]
+    masks = {}
+    if "zoneout" in which:
+        masks["zoneout_h"] = bernoulli(*leading, state, keep=p)
+        if cell.startswith("lstm"):
+            masks["zoneout_c"] = bernoulli(*leading, hidden, keep=p)
+    if "dropout" in which:
+        masks["dropout_h"] = bernoulli(batch, state, keep=1 - p) / (1 - p)
+    return masks
 
 
 def grads(case, outputs, grad_outputs):
@@ -153,7 +173,8 @@ def compare(case):
     def as_ref(t):
         return None if t is None else t.detach().cpu().double().requires_grad_()
 
-    ref_case = case.with_leaves([as_ref(t) for t in case.leaves()])
+    ref_masks = {name: mask.cpu().double() for name, mask in case.masks.items()}
+    ref_case = case.with_leaves([as_ref(t) for t in case.leaves()], ref_masks)
     fused_out = case.run(functional)
     ref_out = ref_case.run(reference)
     g = torch.Generator().manual_seed(1)
@@ -170,7 +191,7 @@ def nn_scaled(case):
     hidden = case.weights[1].shape[0] // GATES[case.cell]
     scale = 2.0 / math.sqrt(hidden)
     weights = [None if w is None else (w.detach() * scale).requires_grad_() for w in case.weights]
-    return Case(case.cell, case.input, case.batch_sizes, case.states, weights, case.reverse, case.step)
+    return Case(case.cell, case.input, case.batch_sizes, case.states, weights, case.reverse, case.step, case.masks)
 
 
 def plain_pytorch_errors(case, truth):

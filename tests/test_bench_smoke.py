@@ -243,12 +243,14 @@ def test_bench_variant_sides_agree():
 
 
 # The regularizers section's cases: (name, layers, baseline side).
-REGULARIZERS = (("weight_drop", 1, "awd"), ("residual", 3, "torch"))
+REGULARIZERS = (("weight_drop", 1, "awd"), ("residual", 3, "torch"), ("zoneout", 1, "loop"),
+                ("recurrent_dropout", 1, "loop"))
 
 
 def test_bench_regularizers_section(tmp_path, capsys):
     """--section regularizers: weight_drop against AWD-LSTM's WeightDrop, residual against
-    torch.nn layers, each against our plain module; fwd+bwd only, three times and two ratios per
+    torch.nn layers, zoneout and recurrent_dropout against an LSTMCell loop, each against our
+    plain module; fwd+bwd only, three times and two ratios per
     row, in the JSON and the table."""
     rows = _quick_section_rows("regularizers", tmp_path)  # each case through the agreement check
     assert [(r["variant"], r["layers"], r["baseline"]) for r in rows[::2]] == list(REGULARIZERS)
@@ -261,7 +263,7 @@ def test_bench_regularizers_section(tmp_path, capsys):
         assert math.isclose(r["fused_over_plain"], r["fused_ms"] / r["plain_ms"])
         assert r["ratio"] == r["baseline_over_fused"]
     printed = capsys.readouterr().out
-    for column in ("AWD ms", "torch.nn ms", "plain ms", "baseline/fused", "fused/plain"):
+    for column in ("AWD ms", "torch.nn ms", "LSTMCell loop ms", "plain ms", "baseline/fused", "fused/plain"):
         assert column in printed and column in (tmp_path / "regularizers.md").read_text()
     # The targets are reported at the standard shape, B 64 and 8, whatever the layers (never asserted).
     standard = [dict(r, seq_len=100, input_size=512, hidden=512, batch=b) for r in rows[::2] for b in (64, 8)]
@@ -280,9 +282,10 @@ def test_bench_regularizers_section(tmp_path, capsys):
 
 
 def test_bench_regularizer_wrong_side_refused():
-    """The agreement check compares the same weight-drop masks (the same seed before each side's
-    call: fused_rnn's and AWD-LSTM's wrapper draw alike) and refuses a side that computes
-    something else: another p, one random draw more before the masks, no residual additions."""
+    """The agreement check compares the same masks (the same seed before each side's call, the
+    baseline drawing as fused_rnn does) and refuses a side that computes something else: another
+    p, one random draw more before the masks, the LSTMCell loop's own per-step zoneout draws, no
+    residual additions."""
     import torch
 
     from fused_rnn.bench import regularizers
@@ -315,4 +318,22 @@ def test_bench_regularizer_wrong_side_refused():
     assert p.check("fwdbwd")["rel_diff"] < 1e-4
     p.modules["torch"].residual = False
     with pytest.raises(regularizers.SidesDisagree, match="torch.nn layers"):
+        p.check("fwdbwd")
+
+    p = pair("zoneout", 1)
+    assert p.check("fwdbwd")["rel_diff"] < 1e-4 and p.check("fwd")["rel_diff"] < 1e-4  # eval: m = p on both
+    loop = p.modules["loop"]
+    assert sorted(regularizers._uncell_name(n) for n, _ in loop.named_parameters()) == sorted(
+        n for n, _ in p.modules["fused"].named_parameters())
+    loop.zoneout = 0.5
+    with pytest.raises(regularizers.SidesDisagree, match="LSTMCell loop"):
+        p.check("fwdbwd")
+    loop.zoneout = regularizers.ZONEOUT
+    loop._fused_masks = lambda x: (None, loop._zoneout_masks(x))  # the timed calls' per-step draws: other masks
+    with pytest.raises(regularizers.SidesDisagree, match="LSTMCell loop"):
+        p.check("fwdbwd")
+    p = pair("recurrent_dropout", 1)
+    assert p.check("fwdbwd")["rel_diff"] < 1e-4
+    p.modules["loop"].recurrent_dropout = 0.5
+    with pytest.raises(regularizers.SidesDisagree, match="LSTMCell loop"):
         p.check("fwdbwd")

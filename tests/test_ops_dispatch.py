@@ -19,7 +19,9 @@ def test_extension_is_built():
     assert [name for name, facts in C.cells.items() if facts["has_cell_state"]] == ["lstm"]
     assert {name: spec.gates for name, spec in _ops.SPECS.items()} == \
         {"lstm": C.cells["lstm"]["gates"], "gru": C.cells["gru"]["gates"], "rnn": C.cells["rnn_tanh"]["gates"]}
-    assert C.workspace_width(C.cells["lstm"]["workspace_units"], 5, 5, False, 0) == 7 * 5
+    assert C.workspace_width(C.cells["lstm"]["workspace_units"], 5, 5, False, 0, False) == 7 * 5
+    # recurrent dropout: h_prev, then h_prev * d
+    assert C.workspace_width(C.cells["lstm"]["workspace_units"], 5, 3, False, 0, True) == 6 * 5 + 3 + 3
     # layer norm: x̂ and ĥ (4H each), their 1/σ, c's mean and 1/σ
     assert C.norm_columns(4, 5, True, True) == 2 * 20 + 2 + 2 and C.norm_columns(3, 5, False, False) == 0
     assert isinstance(C.has_cuda, bool)

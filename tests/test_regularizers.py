@@ -1,7 +1,9 @@
 """The layer modules' regularizer options (fused_rnn/regularizers.py): weight_drop (DropConnect
-on W_hh, one mask per call) and residual layers. Against the same module without the option
-given the same masks, statistics of the masks, eval mode, and what must keep working
-(flatten_parameters, no warnings, state_dict, to_torch, torch.compile)."""
+on W_hh, one mask per call), zoneout and recurrent dropout (masks drawn per layer and direction,
+given to the fused ops: tests/test_ops_masks.py checks those) and residual layers. Against the
+same module without the option (or the reference) given the same masks, statistics of the
+masks, eval mode, and what must keep working (flatten_parameters, no warnings, state_dict,
+to_torch, torch.compile)."""
 import math
 import warnings
 
@@ -11,7 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 import fused_rnn
-from fused_rnn import regularizers
+from fused_rnn import reference, regularizers
 
 from checks import assert_close
 
@@ -67,7 +69,8 @@ def test_weight_drop_is_the_plain_module_with_masked_weight_hh(cls, kwargs):
 def test_eval_mode_and_zero_rate_are_the_plain_module(cls, kwargs):
     x = torch.randn(T, B, I, dtype=torch.float64)
     plain = build(cls, kwargs)
-    for options, training in ((dict(weight_drop=0.5), False), (dict(weight_drop=0.0), True)):
+    for options, training in ((dict(weight_drop=0.5, recurrent_dropout=0.5), False),
+                              (dict(weight_drop=0.0, zoneout=0.0, recurrent_dropout=0.0), True)):
         module = build(cls, kwargs, **options).train(training)
         for a, b in zip(results(module(x)), results(plain.train(training)(x))):
             assert torch.equal(a, b)
@@ -141,11 +144,14 @@ def test_residual_adds_each_layers_input_from_the_second_on(cls, kwargs):
 def test_options_are_checked_shown_and_refused_by_to_torch():
     with pytest.raises(ValueError, match=r"weight_drop should be a number in range \[0, 1\]"):
         fused_rnn.GRU(I, H, weight_drop=1.5)
+    for name in ("zoneout", "recurrent_dropout"):
+        with pytest.raises(ValueError, match=rf"{name} should be a number in range \[0, 1\]"):
+            fused_rnn.LSTM(I, H, **{name: -0.1})
     with pytest.raises(TypeError, match="residual should be a bool"):
         fused_rnn.RNN(I, H, residual=1)
-    module = fused_rnn.LSTM(I, H, num_layers=2, weight_drop=0.25, residual=True)
-    assert "weight_drop=0.25, residual=True" in repr(module)
-    with pytest.raises(ValueError, match="with weight_drop=0.25, residual=True, which torch.nn does not have"):
+    module = fused_rnn.LSTM(I, H, num_layers=2, weight_drop=0.25, zoneout=0.1, residual=True)
+    assert "weight_drop=0.25, zoneout=0.1, residual=True" in repr(module)
+    with pytest.raises(ValueError, match="with weight_drop=0.25, zoneout=0.1, residual=True, which torch.nn does"):
         fused_rnn.to_torch(module)
 
 
@@ -178,3 +184,90 @@ def test_weight_drop_of_one_drops_every_recurrent_weight():
         assert_close(a, b, "result")
     got[0].sum().backward()
     assert all(torch.equal(getattr(module, n).grad, torch.zeros_like(getattr(module, n))) for n in w_hh_names(module))
+
+
+def _single_layer(cls, kwargs, **options):
+    torch.manual_seed(1)
+    return cls(I, H, dtype=torch.float64, **kwargs, **options)
+
+
+def _reference_layer(module, x, masks):
+    """The module's one layer through fused_rnn.reference with the given masks."""
+    weights = [w if w.numel() else None for w in module._flat_weights]  # torch.nn's order
+    mode = module.mode
+    w = dict(zip(module._flat_weights_names, module._flat_weights))
+    args = [w["weight_ih_l0"], w["weight_hh_l0"], w.get("bias_ih_l0"), w.get("bias_hh_l0")]
+    variant = {name: getattr(module, name + "_l0") for name in module._variant_weight_names}
+    del weights
+    if mode == "LSTM":
+        out, (h, c) = reference.lstm(x, None, *args, w.get("weight_hr_l0"), **variant, **masks)
+        return [out, h.unsqueeze(0), c.unsqueeze(0)]
+    if mode == "GRU":
+        out, h = reference.gru(x, None, *args, **variant, **masks)
+    else:
+        out, h = reference.rnn(x, None, *args, nonlinearity=module.nonlinearity, **masks)
+    return [out, h.unsqueeze(0)]
+
+
+@pytest.mark.parametrize("cls,kwargs", MODES, ids=MODE_IDS)
+def test_zoneout_and_recurrent_dropout_are_the_reference_with_the_drawn_masks(cls, kwargs):
+    """Training: the masks recurrence_masks draws from the same seed, given to the reference,
+    give the module's outputs and every gradient; eval: zoneout's expectation (m = p), and no
+    recurrent dropout."""
+    module = _single_layer(cls, kwargs, zoneout=0.3, recurrent_dropout=0.4)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    state = kwargs.get("proj_size") or H
+    torch.manual_seed(7)
+    got = results(module(x))
+    torch.manual_seed(7)
+    masks = regularizers.recurrence_masks(module, x, None, state, H)
+    assert set(masks) == {"zoneout_h", "dropout_h"} | ({"zoneout_c"} if module.mode == "LSTM" else set())
+    want = _reference_layer(module, x, masks)
+    for a, b in zip(got, want):
+        assert_close(a, b, "result")
+    for a, b in zip(grads(got, [x, *module.parameters()]), grads(want, [x, *module.parameters()])):
+        assert_close(a, b, "gradient")
+    module.eval()
+    expectation = {name: torch.full_like(m, 0.3) for name, m in masks.items() if name.startswith("zoneout")}
+    for a, b in zip(results(module(x)), _reference_layer(module, x, expectation)):
+        assert_close(a, b, "eval result")
+
+
+def test_zoneout_and_recurrent_dropout_masks_statistics():
+    """Over many draws: the fraction of zoned-out units is p (h and c drawn apart), recurrent
+    dropout zeroes a fraction p and its mask has mean 1, within 5 binomial standard deviations;
+    one dropout mask per sequence and unit (no time axis)."""
+    p = 0.3
+    module = build(fused_rnn.LSTM, {}, zoneout=p, recurrent_dropout=p)
+    x = torch.zeros(50, 40, I, dtype=torch.float64)
+    masks = [regularizers.recurrence_masks(module, x, None, H, H) for _ in range(20)]
+    zoneout = torch.stack([m["zoneout_h"] for m in masks])
+    n = zoneout.numel()
+    assert abs(zoneout.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
+    assert not torch.equal(masks[0]["zoneout_h"], masks[0]["zoneout_c"])
+    dropout = torch.stack([m["dropout_h"] for m in masks])
+    assert dropout.shape == (20, 40, H)
+    assert abs((dropout == 0).double().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / dropout.numel())
+    assert abs(dropout.mean().item() - 1) < 5 * math.sqrt(p / (1 - p) / dropout.numel())
+
+
+def test_zoneout_and_recurrent_dropout_are_reproducible_and_deterministic_in_eval():
+    module = build(fused_rnn.GRU, {}, zoneout=0.2, recurrent_dropout=0.5)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.manual_seed(3)
+    first = module(x)[0]
+    torch.manual_seed(3)
+    assert torch.equal(first, module(x)[0]) and not torch.equal(first, module(x)[0])
+    module.eval()
+    assert torch.equal(module(x)[0], module(x)[0])
+
+
+def test_zoneout_of_one_keeps_the_initial_state():
+    """p = 1: every unit keeps h0 (and c0) at every step, in training and in eval."""
+    module = build(fused_rnn.LSTM, {}, zoneout=1.0)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0, c0 = torch.randn(4, B, H, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64)
+    for training in (True, False):
+        out, (h, c) = module.train(training)(x, (h0, c0))
+        assert torch.equal(h, h0) and torch.equal(c, c0)
+        assert torch.equal(out[:, :, :H], h0[2].expand(T, B, H))

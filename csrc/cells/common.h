@@ -157,10 +157,13 @@ FUSED_RNN_HD V summed_preactivation(const ForwardStep<T>& a, int64_t b, int64_t 
   return a.bias_hh ? x_part + io.load(a.bias_hh + col) : x_part;
 }
 
-// Zoneout of one value: m * prev + (1 - m) * fresh, m from `mask` (null: fresh itself).
+// Zoneout of one value: m * prev + (1 - m) * fresh, m from `mask` (null: fresh itself);
+// written so, not as fresh + m * (prev - fresh), so that m = 1 keeps prev exactly.
 template <class V, class T, class IO>
 FUSED_RNN_HD V zone_out(const IO& io, const T* mask, V prev, V fresh) {
-  return mask ? fresh + io.load(mask) * (prev - fresh) : fresh;
+  if (!mask) return fresh;
+  const V m = io.load(mask);
+  return m * prev + (V(1) - m) * fresh;
 }
 
 // Unit j's new hidden value h~ as the step's outputs hold it: zoned out (h_prev read from

@@ -3,13 +3,16 @@ training (fwd+bwd) against the way a user gets the same regularizer without us, 
 weights and input sets. Three sides per case:
 
 - ``fused``: fused_rnn's module with the option (``LSTM(I, H, weight_drop=0.5)``,
-  ``LSTM(H, H, num_layers=3, residual=True)``);
+  ``LSTM(H, H, num_layers=3, residual=True)``, ``LSTM(I, H, zoneout=0.1)``,
+  ``LSTM(I, H, recurrent_dropout=0.25)``);
 - the baseline, what users write today:
   - ``awd`` (weight_drop): AWD-LSTM's ``WeightDrop`` wrapper (salesforce/awd-lstm-lm,
     weight_drop.py) around ``torch.nn.LSTM``, written here from its description (WeightDrop
     below);
   - ``torch`` (residual): one single-layer ``torch.nn.LSTM`` per layer, ``x + layer(x)`` from
     the second layer on (ResidualLayers below);
+  - ``loop`` (zoneout, recurrent_dropout): a Python loop over one ``torch.nn.LSTMCell`` that
+    draws the masks and applies them around the cell (CellLoop below);
 - ``plain``: fused_rnn's module without the option (``LSTM(I, H)``, ``LSTM(H, H,
   num_layers=3)``), the same shape and weights: what the option costs over it.
 
@@ -19,20 +22,20 @@ states', each weight's) within the dtype's tolerance (multiside.MultiSidePair.ch
 row is an error and nothing is timed. The plain side computes other equations: timed, not
 compared.
 
-Weight drop draws random masks, and the check compares the two sides on the same ones: the
-global generator is seeded (the same seed) right before each side's call. fused_rnn draws one
-mask per W_hh and call as ``F.dropout(torch.ones_like(W_hh), p, training=True)``
-(regularizers.weight_drop_masks), layer after layer, before any layer runs; the WeightDrop
-wrapper draws ``F.dropout(W_hh_raw, p, training)`` per W_hh, in the same order, before the
-wrapped module runs; nothing else in either call draws from the generator. So both make one
-Bernoulli draw of W_hh's shape and dtype per W_hh, in the same order, from the same state: the
-same masks, scaled alike (0 or 1 / (1 - p)), and the check compares the outputs and the
-gradient of the raw W_hh (fused_rnn's ``weight_hh_l0.grad``, the wrapper's
-``module.weight_hh_l0_raw.grad``) exactly as for a deterministic module. A side that drew
-another mask (another p, another seed, another order, one draw more) fails the check: the
-streams matching is what it verifies, and no side is given a mask explicitly. (On CUDA both
-calls go through the same dropout kernel on tensors of one shape; the check verifies it there
-as well.)
+Weight drop, zoneout and recurrent dropout draw random masks, and the check compares the two
+sides on the same ones: the global generator is seeded (the same seed) right before each
+side's call, and during the check the baseline draws its masks as fused_rnn does
+(``same_masks_as_fused``): WeightDrop with regularizers.weight_drop_masks, one mask per W_hh
+before the wrapped module runs, as fused_rnn before any layer runs; CellLoop with
+regularizers.recurrence_masks, all the steps' masks in one go before the loop, as fused_rnn
+before its one layer runs. Nothing else in either call draws from the generator, so both
+sides draw the same masks from the same state, and the check compares the outputs and the
+gradients (WeightDrop's raw W_hh's, ``module.weight_hh_l0_raw.grad``, against fused_rnn's
+``weight_hh_l0.grad``) exactly as for a deterministic module. A side that drew other masks
+(another p, another seed, one draw more) fails the check: the streams matching is what it
+verifies, and no side is given a mask explicitly. The timed calls draw the user's way
+(F.dropout in WeightDrop, a fresh zoneout mask per step in CellLoop): masks of the same
+distribution, at the user's cost.
 
 A new regularizer is one ``Regularizer`` in REGULARIZERS: fused_rnn's option(s), its layers,
 its baseline side (a side of SIDES) and how the baseline is built on the fused module's
@@ -55,11 +58,11 @@ from .. import regularizers as fused_regularizers
 from .multiside import CHECK_STEPS, MultiSidePair, Section, SidesDisagree, targets_text  # noqa: F401 - re-exported
 from .pairing import fused_classes, torch_classes
 
-SIDES = ("fused", "awd", "torch", "plain")  # the table's columns: a case has fused, its baseline, plain
-SIDE_LABEL = {"fused": "fused", "awd": "AWD", "torch": "torch.nn", "plain": "plain"}
+SIDES = ("fused", "awd", "torch", "loop", "plain")  # the table's columns: a case has fused, its baseline, plain
+SIDE_LABEL = {"fused": "fused", "awd": "AWD", "torch": "torch.nn", "loop": "LSTMCell loop", "plain": "plain"}
 # The ratios of the medians, (numerator, denominator): "baseline" is the case's baseline side
-# (awd or torch); > 1 in the first = fused faster; the second is what the option costs over our
-# plain module.
+# (awd, torch or loop); > 1 in the first = fused faster; the second is what the option costs
+# over our plain module.
 RATIOS = {"baseline_over_fused": ("baseline", "fused"), "fused_over_plain": ("fused", "plain")}
 RATIO_LABEL = {"baseline_over_fused": "baseline/fused", "fused_over_plain": "fused/plain"}
 RATIO_COLORS = {"baseline_over_fused": "tab:red", "fused_over_plain": "tab:gray"}
@@ -69,6 +72,8 @@ TARGET_MODE, TARGET_BATCHES = "fwdbwd", (64, 8)
 TARGETS = {"baseline_over_fused": (">=", 3.0), "fused_over_plain": ("<=", 1.2)}
 WEIGHT_DROP = 0.5  # AWD-LSTM's wdrop
 RESIDUAL_LAYERS = 3
+ZONEOUT = 0.1  # for h and c alike (fused_rnn's one option sets both)
+RECURRENT_DROPOUT = 0.25
 # cuDNN's warning on every call of an RNN whose weights are not one flat buffer: the dropped
 # W_hh never is, by design (AWD-LSTM's flatten_parameters workaround keeps it so).
 _NOT_CONTIGUOUS = r"RNN module weights are not part of single contiguous chunk of memory"
@@ -143,6 +148,71 @@ class ResidualLayers(nn.Module):
         return x, (tuple(torch.cat(s) for s in zip(*states)) if pair else torch.cat(states))
 
 
+class CellLoop(nn.Module):
+    """Zoneout and recurrent dropout as a user writes them without us: a Python loop over one
+    torch.nn.LSTMCell, called as a one-layer torch.nn.LSTM (x [T, B, I], (h0, c0) [1, B, H] ->
+    output [T, B, H], (h_n, c_n) [1, B, H]).
+
+    ``zoneout`` p: at each step a fresh mask for h and one for c (``torch.rand(B, H) < p``),
+    ``h = m * h_prev + (1 - m) * h~`` (c likewise with its mask); in eval m = p.
+    ``recurrent_dropout`` p: one mask per call, ``(torch.rand(B, H) < 1 - p) / (1 - p)``; the
+    cell is given h * d (its c unchanged), zoneout keeps the undropped h_prev.
+
+    ``same_masks_as_fused``: the agreement check draws all the steps' masks in one go as
+    fused_rnn does (regularizers.recurrence_masks: the same masks for the same seed) and takes
+    step t's rows; the timed calls always draw the user's way."""
+
+    def __init__(self, input_size, hidden_size, zoneout=0.0, recurrent_dropout=0.0):
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+        self.zoneout, self.recurrent_dropout = zoneout, recurrent_dropout
+        self.same_masks_as_fused = False
+
+    def _dropout_mask(self, x):
+        """Recurrent dropout's mask for the whole call, or None when off."""
+        if not (self.recurrent_dropout and self.training):
+            return None
+        keep = 1.0 - self.recurrent_dropout
+        return (torch.rand(x.size(1), self.cell.hidden_size, device=x.device) < keep).to(x.dtype) / keep
+
+    def _zoneout_masks(self, x):
+        """Zoneout's (m_h, m_c) per step, each step's drawn as the loop reaches it; None when off."""
+        for _ in range(x.size(0)):
+            if not self.zoneout:
+                yield None
+            elif not self.training:
+                yield self.zoneout, self.zoneout
+            else:
+                shape = (x.size(1), self.cell.hidden_size)
+                m_h = (torch.rand(shape, device=x.device) < self.zoneout).to(x.dtype)
+                m_c = (torch.rand(shape, device=x.device) < self.zoneout).to(x.dtype)
+                yield m_h, m_c
+
+    def _fused_masks(self, x):
+        """What _dropout_mask and _zoneout_masks give, drawn as fused_rnn draws its one layer's:
+        the whole sequence's zoneout masks (h's, then c's), then the dropout mask."""
+        hidden = self.cell.hidden_size
+        options = SimpleNamespace(zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout,
+                                  training=self.training, mode="LSTM")
+        masks = fused_regularizers.recurrence_masks(options, x, None, hidden, hidden)
+        zoneout = zip(masks["zoneout_h"], masks["zoneout_c"]) if self.zoneout else [None] * x.size(0)
+        return masks.get("dropout_h"), zoneout
+
+    def forward(self, x, hx):
+        h, c = hx[0][0], hx[1][0]
+        drop, zoneout = (self._fused_masks(x) if self.same_masks_as_fused
+                         else (self._dropout_mask(x), self._zoneout_masks(x)))
+        outputs = []
+        for x_t, zone in zip(x, zoneout):
+            h_new, c_new = self.cell(x_t, (h if drop is None else h * drop, c))
+            if zone is not None:
+                m_h, m_c = zone
+                h_new, c_new = m_h * h + (1 - m_h) * h_new, m_c * c + (1 - m_c) * c_new
+            h, c = h_new, c_new
+            outputs.append(h)
+        return torch.stack(outputs), (h[None], c[None])
+
+
 _LAYER_SUFFIX = re.compile(r"^(.*)_l(\d+)$")
 
 
@@ -163,6 +233,16 @@ def _unwrap_name(name):
     return name.removeprefix("module.").removesuffix("_raw")
 
 
+def _cell_name(name):
+    """weight_ih_l0 (the fused one-layer module's) -> cell.weight_ih (CellLoop's)."""
+    return f"cell.{name.removesuffix('_l0')}"
+
+
+def _uncell_name(name):
+    """cell.weight_ih -> weight_ih_l0."""
+    return f"{name.removeprefix('cell.')}_l0"
+
+
 def _awd(case, weights, place):
     """torch.nn's module of the case on the fused module's weights, in AWD-LSTM's WeightDrop
     on every layer's W_hh (the fused module drops each of them)."""
@@ -175,6 +255,13 @@ def _residual_layers(case, weights, place):
     stack = ResidualLayers(torch_classes()[case.cell], case.input_size, case.hidden, case.layers).to(**place)
     stack.load_state_dict({_stack_name(k): v for k, v in weights.items()})
     return stack
+
+
+def _cell_loop(case, weights, place):
+    """CellLoop with the case's options (fused_rnn's keywords are CellLoop's)."""
+    loop = CellLoop(case.input_size, case.hidden, **regularizer_of(case).options).to(**place)
+    loop.load_state_dict({_cell_name(k): v for k, v in weights.items()})
+    return loop
 
 
 @dataclass(frozen=True)
@@ -196,6 +283,10 @@ REGULARIZERS = (
                 "AWD-LSTM's WeightDrop (same seed)"),
     Regularizer("residual", "lstm", RESIDUAL_LAYERS, {"residual": True}, "torch", _residual_layers, _unstack_name,
                 "the torch.nn layers"),
+    Regularizer("zoneout", "lstm", 1, {"zoneout": ZONEOUT}, "loop", _cell_loop, _uncell_name,
+                "the LSTMCell loop (same seed)"),
+    Regularizer("recurrent_dropout", "lstm", 1, {"recurrent_dropout": RECURRENT_DROPOUT}, "loop", _cell_loop,
+                _uncell_name, "the LSTMCell loop (same seed)"),
 )
 
 
@@ -207,14 +298,16 @@ def _legend(section, timing_line, mem):
     return [
         (f"fused = fused_rnn with the regularizer; AWD = AWD-LSTM's WeightDrop wrapper around torch.nn.LSTM "
          f"(weight_drop, p {WEIGHT_DROP:g}); torch.nn = one torch.nn.LSTM per layer, x + layer(x) from the second "
-         "(residual); plain = fused_rnn without the regularizer, same shape and weights. Median ms of repeats; "
-         "fwd+bwd (training) only, all weight gradients"),
-        ("baseline/fused = the case's baseline (AWD or torch.nn) ms / fused ms (> 1 = fused faster); "
+         f"(residual); LSTMCell loop = a Python loop over torch.nn.LSTMCell drawing the masks (zoneout, p "
+         f"{ZONEOUT:g}: a fresh mask per step for h and for c; recurrent_dropout, p {RECURRENT_DROPOUT:g}: one mask "
+         "per sequence on h before W_hh); plain = fused_rnn without the regularizer, same shape and weights. "
+         "Median ms of repeats; fwd+bwd (training) only, all weight gradients"),
+        ("baseline/fused = the case's baseline (AWD, torch.nn or LSTMCell loop) ms / fused ms (> 1 = fused faster); "
          "fused/plain = fused ms / plain ms (the regularizer's cost). Targets, reported, never asserted: "
          f"{section.targets_text}"),
         timing_line,
         (f"rel diff = ||fused - baseline|| / ||baseline|| (float64, over outputs and every gradient, the raw "
-         f"W_hh's included, on the first {CHECK_STEPS} steps; both sides' weight-drop masks drawn under the same "
+         f"W_hh's included, on the first {CHECK_STEPS} steps; both sides' masks drawn fused_rnn's way under the same "
          "seed); above the dtype's tolerance the mode is an error, not timed"),
         f"memory (fwd+bwd, JSON only: <side>_mem_bytes): {mem}",
     ]
@@ -222,29 +315,49 @@ def _legend(section, timing_line, mem):
 
 _CONFIG = {
     "sides": f"fused: fused_rnn with the regularizer (weight_drop: LSTM(I, H, weight_drop={WEIGHT_DROP:g}); "
-             f"residual: LSTM(H, H, num_layers={RESIDUAL_LAYERS}, residual=True)); awd (weight_drop's baseline): "
-             "AWD-LSTM's WeightDrop wrapper (salesforce/awd-lstm-lm weight_drop.py) around torch.nn.LSTM, "
-             f"p {WEIGHT_DROP:g}; torch (residual's baseline): one torch.nn.LSTM per layer, x + layer(x) from the "
-             "second layer on; plain: fused_rnn without the regularizer (same shape, the same weights). "
-             "baseline (per row): the case's baseline side",
+             f"residual: LSTM(H, H, num_layers={RESIDUAL_LAYERS}, residual=True); zoneout: LSTM(I, H, "
+             f"zoneout={ZONEOUT:g}); recurrent_dropout: LSTM(I, H, recurrent_dropout={RECURRENT_DROPOUT:g})); "
+             "awd (weight_drop's baseline): AWD-LSTM's WeightDrop wrapper (salesforce/awd-lstm-lm weight_drop.py) "
+             f"around torch.nn.LSTM, p {WEIGHT_DROP:g}; torch (residual's baseline): one torch.nn.LSTM per layer, "
+             "x + layer(x) from the second layer on; loop (zoneout's and recurrent_dropout's baseline): a Python "
+             "loop over one torch.nn.LSTMCell, zoneout with a fresh torch.rand(B, H) < p mask per step for h and "
+             "for c (h = m * h_prev + (1 - m) * h~; eval m = p), recurrent dropout with one (torch.rand(B, H) < "
+             "1 - p) / (1 - p) mask per call on the h given to the cell; plain: fused_rnn without the regularizer "
+             "(same shape, the same weights). baseline (per row): the case's baseline side",
     "rel_diff": "||fused - baseline||_2 / ||baseline||_2 in float64 (rel_diff_fused), max over outputs + all "
                 f"gradients (awd: the raw W_hh's) on the first {CHECK_STEPS} steps of input set 0, both sides "
-                "called right after the same torch.manual_seed (the same weight-drop masks); above the dtype's "
-                "tolerance the mode is an error and is not timed. plain is not compared",
+                "called right after the same torch.manual_seed, the baseline drawing its masks as fused_rnn does "
+                "(the same masks; its timed calls draw the user's way); above the dtype's tolerance the mode is "
+                "an error and is not timed. plain is not compared",
     "ratio": "= baseline_over_fused: the headline ratio, under the other sections' key",
-    "ratios": {"baseline_over_fused": "baseline (awd or torch) median ms / fused median ms",
+    "ratios": {"baseline_over_fused": "baseline (awd, torch or loop) median ms / fused median ms",
                "fused_over_plain": "fused median ms / plain median ms"},
     "targets": f"reported, never asserted: {targets_text(RATIO_LABEL, TARGETS, TARGET_MODE, TARGET_BATCHES)}",
 }
 # The section as the options, the report and the plot see it.
 SECTION = Section(
     name="regularizers", kind="regularizer",
-    scope=(f"times each regularizer in training at its own layers (weight_drop 1, residual {RESIDUAL_LAYERS}), "
-           "unidirectional, on padded input, against AWD-LSTM's WeightDrop and torch.nn layers"),
-    against="AWD-LSTM's WeightDrop / torch.nn layers, plain module", sides=SIDES, side_label=SIDE_LABEL,
-    ratios=RATIOS, ratio_label=RATIO_LABEL, ratio_colors=RATIO_COLORS, targets=TARGETS, config=_CONFIG,
-    legend=_legend, reading="fused faster; in fused/plain: the regularizer slower", target_mode=TARGET_MODE,
-    target_batches=TARGET_BATCHES, modes=("fwdbwd",))
+    scope=(f"times each regularizer in training at its own layers (weight_drop 1, residual {RESIDUAL_LAYERS}, "
+           "zoneout 1, recurrent_dropout 1), unidirectional, on padded input, against AWD-LSTM's WeightDrop, "
+           "torch.nn layers and an LSTMCell loop"),
+    against="AWD-LSTM's WeightDrop / torch.nn layers / LSTMCell loop, plain module",
+    sides=SIDES, side_label=SIDE_LABEL, ratios=RATIOS, ratio_label=RATIO_LABEL, ratio_colors=RATIO_COLORS,
+    targets=TARGETS, config=_CONFIG, legend=_legend, reading="fused faster; in fused/plain: the regularizer slower",
+    target_mode=TARGET_MODE, target_batches=TARGET_BATCHES, modes=("fwdbwd",))
+
+
+@contextlib.contextmanager
+def _masks_as_fused(baseline):
+    """The baseline draws its masks as fused_rnn does while inside (WeightDrop, CellLoop:
+    same_masks_as_fused); a baseline without masks is left as it is."""
+    if not hasattr(baseline, "same_masks_as_fused"):
+        yield
+        return
+    baseline.same_masks_as_fused = True
+    try:
+        yield
+    finally:
+        baseline.same_masks_as_fused = False
 
 
 @contextlib.contextmanager
@@ -301,19 +414,12 @@ class RegularizerPair(MultiSidePair):
         return self.regularizer.param_name(name) if side == self.regularizer.baseline else name
 
     def _side_call(self, side):
-        """The same seed before each side's call of the check (the same weight-drop masks); the
+        """The same seed before each side's call of the check (the same masks); the
         generator's state outside the check is left as it was."""
         devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else []
         return _seeded(self._check_seed, devices)
 
     def check(self, mode):
-        baseline = self.modules[self.regularizer.baseline]
-        same = isinstance(baseline, WeightDrop)
-        if same:
-            baseline.same_masks_as_fused = True
-        try:
+        with _masks_as_fused(self.modules[self.regularizer.baseline]):
             return {"baseline": self.regularizer.baseline, **super().check(mode)}
-        finally:
-            if same:
-                baseline.same_masks_as_fused = False
