@@ -30,8 +30,9 @@ the same equations as a TorchScript cell loop and a plain Python loop, and again
 plain module of the same shape: four sides, three ratios. The regularizers section
 (``--section regularizers``) times fused_rnn's regularizer options in training
 (``LSTM(weight_drop=0.5)`` against AWD-LSTM's WeightDrop wrapper around torch.nn.LSTM,
-``LSTM(num_layers=3, residual=True)`` against torch.nn layers with ``x + layer(x)``), and
-against the plain module: three sides, two ratios.
+``LSTM(num_layers=3, residual=True)`` against torch.nn layers with ``x + layer(x)``,
+``LSTM(zoneout=0.1)`` and ``LSTM(recurrent_dropout=0.25)`` against a Python loop over
+torch.nn.LSTMCell), and against the plain module: three sides per case, two ratios.
 
 Modules: ``cases`` (the sweeps, ``Case``, ``build_cases``), ``pairing`` (``Pair``: both
 modules and the input sets), ``decoder``, ``variants`` and ``regularizers`` (those sections'

@@ -59,9 +59,10 @@ def _what_to_run(g):
                         "and against our plain module of the same shape, T100 I=H=512 fp32, "
                         "B 64/8/1, one layer; regularizers: training (fwd+bwd) only, LSTM "
                         "weight_drop=0.5 against AWD-LSTM's WeightDrop wrapper around torch.nn.LSTM "
-                        "(one layer) and residual=True against three torch.nn.LSTM layers with "
-                        "x + layer(x) (three layers), and each against our plain module, T100 "
-                        "I=H=512 fp32, B 64/8")
+                        "(one layer), residual=True against three torch.nn.LSTM layers with "
+                        "x + layer(x) (three layers), zoneout=0.1 and recurrent_dropout=0.25 "
+                        "against a Python loop over torch.nn.LSTMCell (one layer), and each "
+                        "against our plain module, T100 I=H=512 fp32, B 64/8")
     g.add_argument("--sweep", choices=("standard", "short", "full"), default="short",
                    help="standard: T100 B64 I=H=512 L1 fp32 only; short: that with "
                         f"B in {list(SHORT_BATCHES)}; full: the docs/DESIGN.md §5 grid "

@@ -54,7 +54,7 @@ def progress_line(row):
     if note:
         return head + note
     section = section_of([row])
-    if section is not None:  # the sides the case has (a regularizer case has one baseline of two)
+    if section is not None:  # the sides the case has (a regularizer case has one of the baselines)
         return head + "  ".join([f"{section.side_label[s]} {row[f'{s}_ms']:.3f} ms" for s in section.sides
                                  if f"{s}_ms" in row]
                                 + [f"{section.ratio_label[k]} {_fmt(row.get(k), '.2f')}" for k in section.ratios]
