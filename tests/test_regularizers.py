@@ -156,9 +156,9 @@ def test_options_are_checked_shown_and_refused_by_to_torch():
 
 
 def test_compiled_training_step_matches_eager():
-    """torch.compile(fullgraph=True) of a weight-dropped residual LSTM in training: the same
+    """torch.compile(fullgraph=True) of an LSTM with every regularizer, in training: the same
     masks for the same seed, the same results and gradients."""
-    module = build(fused_rnn.LSTM, {}, weight_drop=0.3, residual=True)
+    module = build(fused_rnn.LSTM, {}, weight_drop=0.3, zoneout=0.2, recurrent_dropout=0.3, residual=True)
     x = torch.randn(T, B, I, dtype=torch.float64)
     compiled = torch.compile(lambda inp: module(inp)[0], fullgraph=True, backend="aot_eager")
     torch.manual_seed(4)
