@@ -1,11 +1,12 @@
 """Regularizers of the layer modules, as keyword-only options (off by default, so every
 torch.nn call is unchanged):
 
-    zoneout      (LSTM, GRU, RNN)  Krueger et al. 2016: in training, per row, unit and step, with
-                                   probability p a unit keeps its previous value,
+    zoneout      (LSTM, GRU, RNN   Krueger et al. 2016: in training, per row, unit and step, with
+    and the cells)                 probability p a unit keeps its previous value,
                                    h_t = m * h_{t-1} + (1 - m) * h~_t, m ~ Bernoulli(p); the
                                    LSTM's c likewise with its own m. In eval m = p (the
                                    expectation). The output sequence holds the zoned-out h_t.
+                                   A cell's call is one step: its masks are drawn per call.
     recurrent_dropout  (LSTM, GRU, RNN)  variational dropout (Gal and Ghahramani 2016): in
                                    training, one mask per sequence and unit, fixed across the
                                    steps, on h_{t-1} before W_hh, scaled by 1 / (1 - p) (the
@@ -36,7 +37,7 @@ _RATES = {"weight_drop": "an element of weight_hh being zeroed",
           "recurrent_dropout": "a unit of the recurrent state being zeroed"}
 
 
-def check(module, residual, **rates):
+def check(module, residual=False, **rates):
     """Checks and records the options on module (torch.nn's dropout message for a rate)."""
     kind = type(module).__name__
     for name, rate in rates.items():
@@ -59,22 +60,23 @@ def weight_drop_masks(module, weights_hh):
     return [(torch.rand_like(w) < keep).to(w.dtype) / keep for w in weights_hh]
 
 
-def recurrence_masks(module, input, batch_sizes, state, hidden):
+def recurrence_masks(module, input, batch_sizes, state, hidden, cell_state):
     """The masks of one layer and direction for fused_rnn.functional's layer op (keywords; none
     when the options are off): zoneout's per row, unit and step (input: the layer's time-major
     [T, B, I] or packed [N, I] input, with batch_sizes), drawn in one call each for the whole
-    sequence, h's then the LSTM's c's (hidden units); in eval one row of p, expanded; then in
-    training recurrent dropout's [batch, state]."""
+    sequence, h's then, with cell_state (the LSTM), c's (hidden units); in eval one row of p,
+    expanded; then in training recurrent dropout's [batch, state]. A cell's step is a layer of
+    one step ([1, B, I]) here; cells have no recurrent dropout (a call does not see the sequence)."""
     masks = {}
     p, leading = module.zoneout, input.shape[:-1]
     if p:
-        widths = {"zoneout_h": state, **({"zoneout_c": hidden} if module.mode == "LSTM" else {})}
+        widths = {"zoneout_h": state, **({"zoneout_c": hidden} if cell_state else {})}
         for name, width in widths.items():
             if module.training:
                 masks[name] = (torch.rand(*leading, width, device=input.device) < p).to(input.dtype)
             else:
                 masks[name] = input.new_full((width,), p).expand(*leading, width)
-    if module.recurrent_dropout and module.training:
+    if getattr(module, "recurrent_dropout", 0.0) and module.training:
         keep = 1.0 - module.recurrent_dropout
         batch = input.size(1) if batch_sizes is None else int(batch_sizes[0])
         drawn = torch.rand(batch, state, device=input.device) < keep

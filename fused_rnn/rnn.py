@@ -173,7 +173,8 @@ class _FusedRNNMixin(variants.VariantOptions):
             outputs = []
             for direction in range(num_directions):
                 index = layer * num_directions + direction
-                masks = regularizers.recurrence_masks(self, layer_input, batch_sizes, state, self.hidden_size)
+                masks = regularizers.recurrence_masks(self, layer_input, batch_sizes, state, self.hidden_size,
+                                                      cell_state=self.mode == "LSTM")
                 out, state_n = layer_op(
                     layer_input, _layer_state(hx, index), *layer_weights[index],
                     batch_sizes=batch_sizes, reverse=direction == 1, **op_kwargs, **self._variant_weights(index),
@@ -308,7 +309,17 @@ _torch_private.allow_in_dynamo(_FusedRNNMixin)
 class _FusedCellMixin(variants.VariantOptions):
     """forward() for the three RNNCellBase subclasses below: torch.nn's checks in torch.nn's
     order, then one step of the cell (the single-step op). States are handled as a tuple
-    throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell."""
+    throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell. The cells' regularizer (zoneout,
+    fused_rnn/regularizers.py) runs the layer op over one step: the single-step ops take no
+    masks."""
+
+    zoneout = 0.0
+
+    def _setup_zoneout(self, zoneout):
+        regularizers.check(self, zoneout=zoneout)
+
+    def extra_repr(self):
+        return super().extra_repr() + regularizers.options_repr(self)
 
     def forward(self, input, hx=None):
         result = self._common_call(input, hx)
@@ -323,7 +334,7 @@ class _FusedCellMixin(variants.VariantOptions):
         weights). The checks cost about 8 us of a 45 us LSTMCell step at B = 1, H = 256."""
         if not isinstance(input, torch.Tensor) or input.dim() != 2 or torch.compiler.is_compiling():
             return None
-        if _autocast.autocast_dtype(input.device) is not None:
+        if _autocast.autocast_dtype(input.device) is not None or self.zoneout:
             return None
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         op_kwargs = self._variant_weights()
@@ -420,14 +431,43 @@ class _FusedCellMixin(variants.VariantOptions):
             states = states if wide_c else (states[0], c)
         state = None if states is None else (states if self._n_states == 2 else states[0])
         if wide_c or weights[1].size(1) == 0:
-            return _REFERENCE_STEPS[layer_op](x, state, *weights, **op_kwargs)
+            return self._zone_out(_REFERENCE_STEPS[layer_op](x, state, *weights, **op_kwargs), state, x)
+        if self.zoneout:
+            return self._zoneout_step(layer_op, x, state, weights, op_kwargs)
         return functional.STEPS[layer_op](x, state, *weights, **op_kwargs)
+
+    def _zoneout_masks(self, x):
+        """This call's zoneout masks, [1, B, H] (the layer op's shape for one step)."""
+        return regularizers.recurrence_masks(self, x.unsqueeze(0), None, self.hidden_size, self.hidden_size,
+                                             cell_state=self._n_states == 2)
+
+    def _zoneout_step(self, layer_op, x, state, weights, op_kwargs):
+        """One step with zoneout, fused: the layer op over one time step with this call's masks."""
+        extra = {"weight_hr": None} if self._n_states == 2 else {}
+        _, new = layer_op(x.unsqueeze(0), state, *weights, **extra, **op_kwargs, **self._zoneout_masks(x))
+        return new
+
+    def _zone_out(self, new, state, x):
+        """Zoneout on a step the reference ran (fused_rnn.reference's formula)."""
+        if not self.zoneout:
+            return new
+        news, masks = (new if self._n_states == 2 else (new,)), self._zoneout_masks(x)
+        olds = state if self._n_states == 2 else (state,)
+        if olds is None or olds[0] is None:
+            olds = tuple(torch.zeros_like(s) for s in news)
+        zoned = tuple(reference._zone_out(masks[name][0], old, fresh)
+                      for name, old, fresh in zip(("zoneout_h", "zoneout_c"), olds, news))
+        return zoned if self._n_states == 2 else zoned[0]
 
 
 class RNNCell(_FusedCellMixin, nn.RNNCell):
     __doc__ = nn.RNNCell.__doc__
     _kind, _n_states = "RNNCell", 1
     _shape_checks = (checks.check_cell_weights, checks.check_cell_input, checks.check_cell_hidden)
+
+    def __init__(self, *args, zoneout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_zoneout(zoneout)
 
     @property
     def _mode(self):  # the nonlinearity may be changed after construction; forward checks it
@@ -439,15 +479,17 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
     _kind, _mode, _n_states = "GRUCell", "GRU", 1
     _shape_checks = (checks.check_cell_input, checks.check_cell_hidden, checks.check_cell_weights)
 
-    def __init__(self, *args, layer_norm=False, **kwargs):
+    def __init__(self, *args, layer_norm=False, zoneout=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         variants.setup(self, "GRU", 3, [""], layer_norm=layer_norm)
+        self._setup_zoneout(zoneout)
 
 
 class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     __doc__ = nn.LSTMCell.__doc__
     _kind, _mode, _n_states = "LSTMCell", "LSTM", 2
     _shape_checks = (checks.check_cell_input, checks.check_cell_weights, checks.check_cell_hidden)
-    def __init__(self, *args, peephole=False, layer_norm=False, **kwargs):
+    def __init__(self, *args, peephole=False, layer_norm=False, zoneout=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         variants.setup(self, "LSTM", 4, [""], peephole=peephole, layer_norm=layer_norm)
+        self._setup_zoneout(zoneout)

@@ -220,7 +220,7 @@ def test_zoneout_and_recurrent_dropout_are_the_reference_with_the_drawn_masks(cl
     torch.manual_seed(7)
     got = results(module(x))
     torch.manual_seed(7)
-    masks = regularizers.recurrence_masks(module, x, None, state, H)
+    masks = regularizers.recurrence_masks(module, x, None, state, H, cell_state=module.mode == "LSTM")
     assert set(masks) == {"zoneout_h", "dropout_h"} | ({"zoneout_c"} if module.mode == "LSTM" else set())
     want = _reference_layer(module, x, masks)
     for a, b in zip(got, want):
@@ -240,7 +240,7 @@ def test_zoneout_and_recurrent_dropout_masks_statistics():
     p = 0.3
     module = build(fused_rnn.LSTM, {}, zoneout=p, recurrent_dropout=p)
     x = torch.zeros(50, 40, I, dtype=torch.float64)
-    masks = [regularizers.recurrence_masks(module, x, None, H, H) for _ in range(20)]
+    masks = [regularizers.recurrence_masks(module, x, None, H, H, cell_state=True) for _ in range(20)]
     zoneout = torch.stack([m["zoneout_h"] for m in masks])
     n = zoneout.numel()
     assert abs(zoneout.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
@@ -271,3 +271,47 @@ def test_zoneout_of_one_keeps_the_initial_state():
         out, (h, c) = module.train(training)(x, (h0, c0))
         assert torch.equal(h, h0) and torch.equal(c, c0)
         assert torch.equal(out[:, :, :H], h0[2].expand(T, B, H))
+
+
+CELLS = [(fused_rnn.LSTMCell, {}), (fused_rnn.GRUCell, {}), (fused_rnn.RNNCell, {"nonlinearity": "relu"}),
+         (fused_rnn.LSTMCell, {"layer_norm": True, "peephole": True})]
+CELL_IDS = ["LSTMCell", "GRUCell", "RNNCell-relu", "LSTMCell-ln-peephole"]
+
+
+@pytest.mark.parametrize("cls,kwargs", CELLS, ids=CELL_IDS)
+def test_cell_zoneout_is_the_reference_with_the_drawn_masks(cls, kwargs):
+    """A cell's zoneout: one step of the reference layer with the masks recurrence_masks draws
+    per call from the same seed (outputs and every gradient); in eval m = p; a decoder loop of
+    such calls trains (gradients reach every parameter through the steps)."""
+    torch.manual_seed(1)
+    cell = cls(I, H, zoneout=0.3, dtype=torch.float64, **kwargs)
+    two = isinstance(cell, nn.LSTMCell)
+    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
+    hx = tuple(torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(2 if two else 1))
+    state = hx if two else hx[0]
+    for training in (True, False):
+        cell.train(training)
+        torch.manual_seed(7)
+        got = cell(x, state)
+        torch.manual_seed(7)
+        masks = regularizers.recurrence_masks(cell, x.unsqueeze(0), None, H, H, cell_state=two)
+        assert training or all(bool((m == 0.3).all()) for m in masks.values())
+        weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        variant = {name: getattr(cell, name) for name in cell._variant_weight_names}
+        if two:
+            _, want = reference.lstm(x.unsqueeze(0), state, *weights, **variant, **masks)
+        elif isinstance(cell, nn.GRUCell):
+            _, want = reference.gru(x.unsqueeze(0), state, *weights, **masks)
+        else:
+            _, want = reference.rnn(x.unsqueeze(0), state, *weights, nonlinearity=cell.nonlinearity, **masks)
+        got, want = (list(got), list(want)) if two else ([got], [want])
+        for a, b in zip(got, want):
+            assert_close(a, b, "result")
+        leaves = [x, *hx, *cell.parameters()]
+        for a, b in zip(grads(got, leaves), grads(want, leaves)):
+            assert_close(a, b, "gradient")
+    assert "zoneout=0.3" in repr(cell)
+    with pytest.raises(ValueError, match="zoneout=0.3, which torch.nn does not have"):
+        fused_rnn.to_torch(cell)
+    with pytest.raises(ValueError, match=r"zoneout should be a number in range \[0, 1\]"):
+        cls(I, H, zoneout=2)

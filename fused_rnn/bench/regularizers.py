@@ -193,8 +193,8 @@ class CellLoop(nn.Module):
         the whole sequence's zoneout masks (h's, then c's), then the dropout mask."""
         hidden = self.cell.hidden_size
         options = SimpleNamespace(zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout,
-                                  training=self.training, mode="LSTM")
-        masks = fused_regularizers.recurrence_masks(options, x, None, hidden, hidden)
+                                  training=self.training)
+        masks = fused_regularizers.recurrence_masks(options, x, None, hidden, hidden, cell_state=True)
         zoneout = zip(masks["zoneout_h"], masks["zoneout_c"]) if self.zoneout else [None] * x.size(0)
         return masks.get("dropout_h"), zoneout
 
