@@ -310,8 +310,8 @@ class _FusedCellMixin(variants.VariantOptions):
     """forward() for the three RNNCellBase subclasses below: torch.nn's checks in torch.nn's
     order, then one step of the cell (the single-step op). States are handled as a tuple
     throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell. The cells' regularizer (zoneout,
-    fused_rnn/regularizers.py) runs the layer op over one step: the single-step ops take no
-    masks."""
+    fused_rnn/regularizers.py) is applied to the step's result (_zone_out): the single-step ops
+    take no masks."""
 
     zoneout = 0.0
 
@@ -430,28 +430,19 @@ class _FusedCellMixin(variants.VariantOptions):
             wide_c = c is None
             states = states if wide_c else (states[0], c)
         state = None if states is None else (states if self._n_states == 2 else states[0])
-        if wide_c or weights[1].size(1) == 0:
-            return self._zone_out(_REFERENCE_STEPS[layer_op](x, state, *weights, **op_kwargs), state, x)
-        if self.zoneout:
-            return self._zoneout_step(layer_op, x, state, weights, op_kwargs)
-        return functional.STEPS[layer_op](x, state, *weights, **op_kwargs)
-
-    def _zoneout_masks(self, x):
-        """This call's zoneout masks, [1, B, H] (the layer op's shape for one step)."""
-        return regularizers.recurrence_masks(self, x.unsqueeze(0), None, self.hidden_size, self.hidden_size,
-                                             cell_state=self._n_states == 2)
-
-    def _zoneout_step(self, layer_op, x, state, weights, op_kwargs):
-        """One step with zoneout, fused: the layer op over one time step with this call's masks."""
-        extra = {"weight_hr": None} if self._n_states == 2 else {}
-        _, new = layer_op(x.unsqueeze(0), state, *weights, **extra, **op_kwargs, **self._zoneout_masks(x))
-        return new
+        step = _REFERENCE_STEPS[layer_op] if wide_c or weights[1].size(1) == 0 else functional.STEPS[layer_op]
+        return self._zone_out(step(x, state, *weights, **op_kwargs), state, x)
 
     def _zone_out(self, new, state, x):
-        """Zoneout on a step the reference ran (fused_rnn.reference's formula)."""
+        """The step's new states zoned out with this call's masks (drawn as for a layer of one
+        step, [1, B, H]), by fused_rnn.reference's formula in ATen ops. Measured (Xeon, 2 threads)
+        LSTMCell forward+backward at B=1, H=256: 627 us so, 889 us through the layer op over one
+        step (which takes masks, but sets up a whole layer per call), 477 us without zoneout."""
         if not self.zoneout:
             return new
-        news, masks = (new if self._n_states == 2 else (new,)), self._zoneout_masks(x)
+        masks = regularizers.recurrence_masks(self, x.unsqueeze(0), None, self.hidden_size, self.hidden_size,
+                                              cell_state=self._n_states == 2)
+        news = new if self._n_states == 2 else (new,)
         olds = state if self._n_states == 2 else (state,)
         if olds is None or olds[0] is None:
             olds = tuple(torch.zeros_like(s) for s in news)
