@@ -91,10 +91,10 @@ struct OpImpls {
                             bool reverse) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
     const LayerMasks m{zoneout_h, std::nullopt, dropout_h};
-    return is_relu(nonlinearity)
-               ? one_state_backward<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, m, workspace, reverse)
-               : one_state_backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, m, workspace,
-                                                 reverse);
+    return is_relu(nonlinearity) ? one_state_backward<RnnReluCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, m,
+                                                                   workspace, reverse)
+                                 : one_state_backward<RnnTanhCell>(grad_output, grad_h_n, input, batch_sizes, h0, w, m,
+                                                                   workspace, reverse);
   }
 
   // Single steps: the states after the step (and the workspace); the gradients as above.

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "autocast.h"
+#include "cpu/bernoulli.h"
 #include "cpu_device.h"
 #include "op_impls.h"
 #include "step_autograd.h"
@@ -84,9 +85,15 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, Tensor workspace, bool[6] output_mask) -> "
       "(Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  // The regularizers' masks on the CPU (cpu/bernoulli.h): [size] of dtype, 1 with probability p,
+  // from seed (a one-element int64 tensor drawn from torch's generator).
+  m.def("bernoulli_mask(Tensor seed, SymInt[] size, float p, ScalarType dtype) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { FUSED_RNN_REGISTER_IMPLS(m, fused_rnn::CpuDevice); }
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
+  FUSED_RNN_REGISTER_IMPLS(m, fused_rnn::CpuDevice);
+  m.impl("bernoulli_mask", &fused_rnn::cpu::bernoulli_mask_op);
+}
 
 // Autocast for both devices here: the kernels only cast and redispatch, so a CPU-only build
 // registers the CUDA one too (it is reached only with CUDA tensors).

@@ -64,8 +64,7 @@ struct NormColumns {
 // h_prev * d (state size).
 struct WorkspaceLayout {
   int64_t cell_cols, h_col, h_prev_col, norm_col, dropped_col, width;
-  static WorkspaceLayout make(int cell_ws, int64_t hidden, int64_t state, bool proj, int64_t norm_cols,
-                              bool dropout) {
+  static WorkspaceLayout make(int cell_ws, int64_t hidden, int64_t state, bool proj, int64_t norm_cols, bool dropout) {
     WorkspaceLayout l;
     l.cell_cols = cell_ws * hidden;
     l.h_col = l.cell_cols;
@@ -165,9 +164,9 @@ LayerSetup setup_layer(const Tensor& input, const OptTensor& batch_sizes, const 
   std::vector<int64_t> out_shape = l.input.sizes().vec();
   out_shape.back() = l.s.state;
   l.masks = MaskRows::of(Cell::kName, masks, l.input, out_shape, l.s.batch, l.s.hidden, Cell::kHasCellState);
-  l.layout = WorkspaceLayout::make(Cell::kWorkspace, l.s.hidden, l.s.state, l.proj,
-                                   norm_columns(Cell::kGates, l.s.hidden, Cell::kHasCellState, l.norm),
-                                   l.masks.dropout());
+  l.layout =
+      WorkspaceLayout::make(Cell::kWorkspace, l.s.hidden, l.s.state, l.proj,
+                            norm_columns(Cell::kGates, l.s.hidden, Cell::kHasCellState, l.norm), l.masks.dropout());
   return l;
 }
 
@@ -248,12 +247,12 @@ struct ForwardBuffers {
   NormWeights norm;   // layer-normalized cells
   Tensor output;      // [T, B, P] or [N, P]; out2d is its [N, P] view
   Tensor out2d;
-  Tensor h_state;    // [B, P] h_prev in, h' out
-  Tensor c_state;    // LSTM: [B, H]
-  Tensor ws;         // [N, layout.width], or [0] in inference
-  Tensor h_scratch;  // projected LSTM in inference: [B, H] the unprojected h'
-  MaskRows masks;    // the regularizers (layer_masks.h), and their buffers:
-  Tensor h_dropped;  //   recurrent dropout: [B, P] the GEMM's input h * d
+  Tensor h_state;      // [B, P] h_prev in, h' out
+  Tensor c_state;      // LSTM: [B, H]
+  Tensor ws;           // [N, layout.width], or [0] in inference
+  Tensor h_scratch;    // projected LSTM in inference: [B, H] the unprojected h'
+  MaskRows masks;      // the regularizers (layer_masks.h), and their buffers:
+  Tensor h_dropped;    //   recurrent dropout: [B, P] the GEMM's input h * d
   Tensor c_candidate;  // layer-normalized LSTM with zoneout on c: [B, H] c' before zoneout
   int64_t hidden, state, gates;
   WorkspaceLayout layout;
@@ -395,18 +394,18 @@ LayerOutputs layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
 
 // The tensors a layer's backward works on, and the pointer block of one step over them.
 struct BackwardBuffers {
-  Tensor grad_out;   // [N, P] grad_output
-  Tensor ws;         // [N, layout.width] the forward's workspace
-  Tensor d_gates_x;  // [N, G*H] dL/d(pre-activation) along the input path (scratch)
-  Tensor d_gates_h;  // [N, G*H] along the hidden path: d_gates_x itself but for GRU
-  Tensor dh_state;   // [B, P] dL/dh' from the next step
-  Tensor dc_state;   // LSTM: [B, H]
-  Tensor d_proj;     // projected LSTM: [N, P] dL/d(projected h) per row
-  Tensor dh_buf;     // projected LSTM: [B, H] that times W_hr
-  Tensor w_ch;       // peephole LSTM: contiguous, or undefined
-  NormWeights norm;  // layer-normalized cells, and their scratch:
-  Tensor d_h_raw;    //   [N, G*H] dL/d(h_prev W_hh^T): what the recurrent GEMMs multiply
-  Tensor d_c_norm;   //   LSTM: [N, H] dL/d(γ_c ĉ' + β_c)
+  Tensor grad_out;        // [N, P] grad_output
+  Tensor ws;              // [N, layout.width] the forward's workspace
+  Tensor d_gates_x;       // [N, G*H] dL/d(pre-activation) along the input path (scratch)
+  Tensor d_gates_h;       // [N, G*H] along the hidden path: d_gates_x itself but for GRU
+  Tensor dh_state;        // [B, P] dL/dh' from the next step
+  Tensor dc_state;        // LSTM: [B, H]
+  Tensor d_proj;          // projected LSTM: [N, P] dL/d(projected h) per row
+  Tensor dh_buf;          // projected LSTM: [B, H] that times W_hr
+  Tensor w_ch;            // peephole LSTM: contiguous, or undefined
+  NormWeights norm;       // layer-normalized cells, and their scratch:
+  Tensor d_h_raw;         //   [N, G*H] dL/d(h_prev W_hh^T): what the recurrent GEMMs multiply
+  Tensor d_c_norm;        //   LSTM: [N, H] dL/d(γ_c ĉ' + β_c)
   MaskRows masks;         // the regularizers (layer_masks.h), and their buffers:
   Tensor grad_h_dropped;  //   recurrent dropout: [B, P] dL/d(h * d), zero where no GEMM wrote yet
   Tensor grad_c_direct;   //   layer-normalized LSTM with zoneout on c: [B, H]

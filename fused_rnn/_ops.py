@@ -293,6 +293,11 @@ def step_with_grad(spec, args):
     return (*_C.step_with_grad(spec.name, list(args[:n]), list(args[n:]), spec.n_states), None)
 
 
+@torch.library.register_fake("fused_rnn::bernoulli_mask")
+def _bernoulli_mask_fake(seed, size, p, dtype):
+    return torch.empty(size, dtype=dtype, device="cpu")
+
+
 # forward op -> its autograd.Function (see FusedFunction); layer op -> the same for eager calls.
 FUNCTIONS = {}
 EAGER_FUNCTIONS = {}

@@ -315,3 +315,30 @@ def test_cell_zoneout_is_the_reference_with_the_drawn_masks(cls, kwargs):
         fused_rnn.to_torch(cell)
     with pytest.raises(ValueError, match=r"zoneout should be a number in range \[0, 1\]"):
         cls(I, H, zoneout=2)
+
+
+def test_bernoulli_sampler():
+    """The CPU sampler of the masks (csrc/cpu/bernoulli.h): the fraction of ones and of
+    neighbouring pairs of ones within 5 binomial standard deviations (no correlation between
+    consecutive counters), p = 0 and 1 exact, torch.manual_seed reproduces a draw and the next
+    draw differs, every floating dtype; the op's schema, fake kernel and dispatch (opcheck)."""
+    like = torch.empty(0)
+    p, n = 0.3, 1_000_000
+    m = regularizers.bernoulli((n,), p, like)
+    assert abs(m.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
+    pairs = (m[1:] * m[:-1]).mean().item()
+    assert abs(pairs - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n)
+    assert not regularizers.bernoulli((100,), 0.0, like).any() and regularizers.bernoulli((100,), 1.0, like).all()
+    torch.manual_seed(2)
+    first = regularizers.bernoulli((64,), 0.5, like)
+    torch.manual_seed(2)
+    assert torch.equal(first, regularizers.bernoulli((64,), 0.5, like))
+    assert not torch.equal(first, regularizers.bernoulli((64,), 0.5, like))
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        mask = regularizers.bernoulli((2, 3), 0.5, like.to(dtype))
+        assert mask.dtype == dtype and mask.shape == (2, 3)
+    seed = torch.tensor([7], dtype=torch.int64)
+    torch.library.opcheck(torch.ops.fused_rnn.bernoulli_mask.default, (seed, [4, 5], 0.25, torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(RuntimeError, match="expected p in"):
+        torch.ops.fused_rnn.bernoulli_mask(seed, [3], 1.5, torch.float32)

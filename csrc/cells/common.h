@@ -51,7 +51,7 @@ struct ForwardNorm {
   T* h_rstd = nullptr;          // [rows] where to keep 1/σ of each h_gates row, or null
   const T* gamma_c = nullptr;   // LSTM: [H] γ_c and β_c: h' = o * tanh(γ_c * ĉ' + β_c)
   const T* beta_c = nullptr;
-  T* c_stats = nullptr;  // LSTM: [rows, 2] where to keep mean and 1/σ of each c' row, or null
+  T* c_stats = nullptr;      // LSTM: [rows, 2] where to keep mean and 1/σ of each c' row, or null
   T* c_candidate = nullptr;  // LSTM with zoneout on c: [rows, H] where the unit pass keeps c'
                              //   before zoneout for normalize_c_row (null: c_state holds it)
 };

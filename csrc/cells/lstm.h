@@ -81,7 +81,7 @@ struct LstmCell {
     const V c_prev = io.load(w + 4 * H), c = io.load(w + 5 * H);
     T* dc_ptr = a.grad_c_state + b * H + j;
     V tc, dc = io.load(dc_ptr), dc_direct(0);  // dL/dc~, and what zoneout passes to c_prev
-    if (a.norm.gamma_c) {  // normalize_c_row_backward has made dc dL/dc~ (and set dc_direct aside)
+    if (a.norm.gamma_c) {                      // normalize_c_row_backward has made dc dL/dc~ (and set dc_direct aside)
       const T* st = a.norm.c_stats + b * a.ws_stride;
       const V c_hat = (c - V(static_cast<double>(st[0]))) * V(static_cast<double>(st[1]));
       tc = M::tanh(c_hat * io.load(a.norm.gamma_c + j) + io.load(a.norm.beta_c + j));

@@ -134,8 +134,8 @@ bool vector_aligned(const BackwardStep<T>& a) {
       a.hidden,
       {a.grad_h, a.grad_h_state, a.grad_c_state, a.peephole, a.ws, a.h_prev, a.d_gates_x, a.d_gates_h,
        a.masks.zoneout_h, a.masks.zoneout_c, a.masks.dropout_h, a.masks.grad_h_dropped},
-      {a.grad_h_stride, a.grad_h_state_stride, a.ws_stride, a.h_prev_stride, a.d_gates_stride,
-       a.masks.zoneout_h_stride, a.masks.zoneout_c_stride});
+      {a.grad_h_stride, a.grad_h_state_stride, a.ws_stride, a.h_prev_stride, a.d_gates_stride, a.masks.zoneout_h_stride,
+       a.masks.zoneout_c_stride});
 }
 
 constexpr unsigned kThreads = 256;      // threads per block
