@@ -18,6 +18,7 @@ namespace fused_rnn {
 
 // As the layer ops take them (None: off): zoneout_h [*, state] and zoneout_c [*, hidden] (the
 // output's leading shape: a value per row and unit of every step), dropout_h [batch, state].
+// The single-step ops take the zoneout masks of their one step, [batch, state] and [batch, hidden].
 struct LayerMasks {
   std::optional<at::Tensor> zoneout_h, zoneout_c, dropout_h;
 };

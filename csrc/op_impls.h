@@ -105,9 +105,10 @@ struct OpImpls {
                                            const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                            const OptTensor& w_hr, const OptTensor& w_ch, const OptTensor& ln_ih,
                                            const OptTensor& ln_hh, const OptTensor& ln_c, const OptTensor& ln_bias_c,
+                                           const OptTensor& zoneout_h, const OptTensor& zoneout_c,
                                            bool need_workspace) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
-    const auto r = step_forward<LstmCell, Device>(input, h0, c0, w, need_workspace);
+    const auto r = step_forward<LstmCell, Device>(input, h0, c0, w, {zoneout_h, zoneout_c}, need_workspace);
     return {r.h_n, r.c_n, r.workspace};
   }
 
@@ -115,50 +116,55 @@ struct OpImpls {
                                       const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
                                       const OptTensor& w_ch, const OptTensor& ln_ih, const OptTensor& ln_hh,
-                                      const OptTensor& ln_c, const OptTensor& ln_bias_c, const Tensor& workspace,
+                                      const OptTensor& ln_c, const OptTensor& ln_bias_c, const OptTensor& zoneout_h,
+                                      const OptTensor& zoneout_c, const Tensor& workspace,
                                       std::array<bool, 13> output_mask) {
     const auto& m = output_mask;
     const GradMask mask{m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12]};
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh, w_hr, w_ch, ln_ih, ln_hh, ln_c, ln_bias_c};
-    return lstm_grads(step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0, w, workspace, mask));
+    return lstm_grads(
+        step_backward<LstmCell, Device>(grad_h_n, grad_c_n, input, h0, c0, w, {zoneout_h, zoneout_c}, workspace, mask));
   }
 
   static StepOutputs gru_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& ln_ih,
-                                      const OptTensor& ln_hh, bool need_workspace) {
-    return cell_forward<GruCell>(input, h0, gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), need_workspace);
+                                      const OptTensor& ln_hh, const OptTensor& zoneout_h, bool need_workspace) {
+    return cell_forward<GruCell>(input, h0, gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), zoneout_h,
+                                 need_workspace);
   }
 
   static GruGrads gru_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
                                     const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                    const OptTensor& ln_ih, const OptTensor& ln_hh, const Tensor& workspace,
-                                    std::array<bool, 8> output_mask) {
+                                    const OptTensor& ln_ih, const OptTensor& ln_hh, const OptTensor& zoneout_h,
+                                    const Tensor& workspace, std::array<bool, 8> output_mask) {
     const auto& m = output_mask;
     const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false, false, m[6], m[7], false, false};
     return gru_grads(step_backward<GruCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt,
-                                                    gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh), workspace,
-                                                    mask));
+                                                    gru_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh),
+                                                    {zoneout_h, std::nullopt}, workspace, mask));
   }
 
   static StepOutputs rnn_cell_forward(const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-                                      const OptTensor& b_ih, const OptTensor& b_hh, c10::string_view nonlinearity,
-                                      bool need_workspace) {
+                                      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& zoneout_h,
+                                      c10::string_view nonlinearity, bool need_workspace) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
-    return is_relu(nonlinearity) ? cell_forward<RnnReluCell>(input, h0, w, need_workspace)
-                                 : cell_forward<RnnTanhCell>(input, h0, w, need_workspace);
+    return is_relu(nonlinearity) ? cell_forward<RnnReluCell>(input, h0, w, zoneout_h, need_workspace)
+                                 : cell_forward<RnnTanhCell>(input, h0, w, zoneout_h, need_workspace);
   }
 
   static Grads rnn_cell_backward(const Tensor& grad_h_n, const Tensor& input, const Tensor& h0, const Tensor& w_ih,
                                  const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                 c10::string_view nonlinearity, const Tensor& workspace,
+                                 const OptTensor& zoneout_h, c10::string_view nonlinearity, const Tensor& workspace,
                                  std::array<bool, 6> output_mask) {
     const LayerWeights w{w_ih, w_hh, b_ih, b_hh};
+    const LayerMasks z{zoneout_h, std::nullopt};
     const auto& m = output_mask;
     const GradMask mask{m[0], m[1], false, m[2], m[3], m[4], m[5], false, false, false, false, false, false};
     const LayerGrads g =
         is_relu(nonlinearity)
-            ? step_backward<RnnReluCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace, mask)
-            : step_backward<RnnTanhCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, workspace, mask);
+            ? step_backward<RnnReluCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, z, workspace, mask)
+            : step_backward<RnnTanhCell, Device>(grad_h_n, std::nullopt, input, h0, std::nullopt, w, z, workspace,
+                                                 mask);
     return {g.input, g.h0, g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh};
   }
 
@@ -202,8 +208,9 @@ struct OpImpls {
   }
 
   template <class Cell>
-  static StepOutputs cell_forward(const Tensor& input, const Tensor& h0, const LayerWeights& w, bool need_workspace) {
-    const auto r = step_forward<Cell, Device>(input, h0, std::nullopt, w, need_workspace);
+  static StepOutputs cell_forward(const Tensor& input, const Tensor& h0, const LayerWeights& w,
+                                  const OptTensor& zoneout_h, bool need_workspace) {
+    const auto r = step_forward<Cell, Device>(input, h0, std::nullopt, w, {zoneout_h, std::nullopt}, need_workspace);
     return {r.h_n, r.workspace};
   }
 };

@@ -54,35 +54,40 @@ TORCH_LIBRARY(fused_rnn, m) {
       "str nonlinearity, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
       "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
   // One step of a cell (single_step.h): input [B, I], the states before the step, the same
-  // weights; the states after it, and the workspace when need_workspace. Backward computes the
+  // weights, zoneout's masks ([B, state], [B, hidden]; None when off); the states after it, and
+  // the workspace when need_workspace. Backward computes the
   // gradients output_mask asks for; the others come back as empty tensors.
   m.def(
       "lstm_cell_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, Tensor? ln_weight_ih, Tensor? ln_weight_hh, "
-      "Tensor? ln_weight_c, Tensor? ln_bias_c, bool need_workspace) -> (Tensor h_n, Tensor c_n, Tensor workspace)");
+      "Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? zoneout_h, Tensor? zoneout_c, bool need_workspace) -> "
+      "(Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_cell_backward(Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? weight_ch, "
-      "Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor workspace, "
-      "bool[13] output_mask) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, "
+      "Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? zoneout_h, "
+      "Tensor? zoneout_c, Tensor workspace, bool[13] output_mask) -> (Tensor grad_input, Tensor grad_h0, Tensor "
+      "grad_c0, Tensor grad_weight_ih, "
       "Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_hr, "
       "Tensor grad_weight_ch, Tensor grad_ln_weight_ih, Tensor grad_ln_weight_hh, Tensor grad_ln_weight_c, "
       "Tensor grad_ln_bias_c)");
   m.def(
       "gru_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, bool need_workspace) -> (Tensor h_n, "
-      "Tensor workspace)");
+      "Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? zoneout_h, bool need_workspace) -> "
+      "(Tensor h_n, Tensor workspace)");
   m.def(
       "gru_cell_backward(Tensor grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor workspace, "
-      "bool[8] output_mask) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? ln_weight_ih, Tensor? ln_weight_hh, Tensor? zoneout_h, "
+      "Tensor workspace, bool[8] output_mask) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, Tensor "
+      "grad_weight_hh, "
       "Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_ln_weight_ih, Tensor grad_ln_weight_hh)");
   m.def(
       "rnn_cell_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, str nonlinearity, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
+      "Tensor? bias_hh, Tensor? zoneout_h, str nonlinearity, bool need_workspace) -> (Tensor h_n, Tensor workspace)");
   m.def(
       "rnn_cell_backward(Tensor grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, Tensor workspace, bool[6] output_mask) -> "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? zoneout_h, str nonlinearity, Tensor workspace, "
+      "bool[6] output_mask) -> "
       "(Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
   // The regularizers' masks on the CPU (cpu/bernoulli.h): [size] of dtype, 1 with probability p,

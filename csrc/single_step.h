@@ -39,11 +39,30 @@ struct StepOutputs {
   Tensor h_n, c_n, workspace;
 };
 
+// zoneout (the cells' regularizer, layer_masks.h): masks [B, state] and the LSTM's [B, hidden]
+// (its dropout_h is never set: a step has no sequence), or none.
+inline MaskRows step_masks(const char* op, const LayerMasks& zoneout, const Tensor& input, const Sizes& s,
+                           bool has_cell_state) {
+  return MaskRows::of(op, zoneout, input, {s.batch, s.state}, s.batch, s.hidden, has_cell_state);
+}
+
+// A step block's zoneout pointers (one row per batch row); a projected LSTM's h is the op's.
+template <class T>
+void set_zoneout(const MaskRows& masks, bool proj, StepMasks<T>* m) {
+  m->zoneout_c = MaskRows::from_row<T>(masks.zoneout_c, 0);
+  m->zoneout_c_stride = masks.zoneout_c.defined() ? masks.zoneout_c.stride(0) : 0;
+  if (!proj) {
+    m->zoneout_h = MaskRows::from_row<T>(masks.zoneout_h, 0);
+    m->zoneout_h_stride = masks.zoneout_h.defined() ? masks.zoneout_h.stride(0) : 0;
+  }
+}
+
 template <class Cell, class Device>
 StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& c, const LayerWeights& w,
-                         bool need_workspace) {
+                         const LayerMasks& zoneout, bool need_workspace) {
   const OpScope scope(input);
   const Sizes s = check_step_args(step_op_name<Cell>(), Cell::kGates, Cell::kHasCellState, input, h, c, w);
+  const MaskRows masks = step_masks(step_op_name<Cell>(), zoneout, input, s, Cell::kHasCellState);
   const auto opts = input.options();
   const int64_t B = s.batch, H = s.hidden, GH = Cell::kGates * H;
   const bool proj = w.w_hr.has_value();
@@ -61,11 +80,16 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
   const int64_t width = step_workspace_width<Cell>(H, proj, norm.active());
   const NormColumns norm_cols(step_norm_column(Cell::kWorkspace, H, proj), GH);
   r.workspace = need_workspace ? new_buffer({B, width}, opts) : at::empty({0}, opts);
-  // h' goes to h_state, which starts as h_prev where the cell reads it there (GRU).
+  // h' goes to h_state, which starts as h_prev where the step reads it there (GRU, zoneout).
   Tensor h_new = proj ? (need_workspace ? r.workspace.narrow(1, Cell::kWorkspace * H, H) : new_buffer({B, H}, opts))
-                 : Cell::kReadsHiddenState ? h_prev.clone()
-                                           : new_buffer({B, H}, opts);
+                 : Cell::kReadsHiddenState || masks.zoneout_h.defined() ? h_prev.clone()
+                                                                        : new_buffer({B, H}, opts);
   r.c_n = Cell::kHasCellState ? c->contiguous().clone() : at::empty({0}, opts);
+  const Tensor c_candidate = norm.active() && masks.zoneout_c.defined() ? new_buffer({B, H}, opts) : Tensor();
+  // A layer-normalized LSTM's pass keeps o in h_out until its row's statistics of c' are known,
+  // and zoneout then reads h_prev from h_state: under zoneout they are two buffers.
+  const bool o_apart = Cell::kHasCellState && norm.active() && masks.zoneout_h.defined() && !proj;
+  const Tensor h_out = o_apart ? new_buffer({B, H}, opts) : h_new;
   Device::dispatch(x.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
     ForwardStep<T> a;
@@ -78,14 +102,16 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
     a.bias_ih = ptr<T>(b_ih);
     a.bias_hh = ptr<T>(b_hh);
     a.peephole = ptr<T>(w_ch);
-    a.h_out = ptr<T>(h_new);
-    a.h_out_stride = h_new.stride(0);
-    a.h_state = proj ? nullptr : a.h_out;
-    a.h_state_stride = a.h_out_stride;
+    a.h_out = ptr<T>(h_out);
+    a.h_out_stride = h_out.stride(0);
+    a.h_state = proj ? nullptr : ptr<T>(h_new);
+    a.h_state_stride = h_new.stride(0);
     a.c_state = ptr<T>(r.c_n);
     a.ws = need_workspace ? ptr<T>(r.workspace) : nullptr;
     a.ws_stride = width;
     a.norm = norm.forward<T>(a.ws, norm_cols);
+    a.norm.c_candidate = ptr<T>(c_candidate);
+    set_zoneout(masks, proj, &a.masks);
     if (norm.active()) {  // the input path's LN between the GEMM and the pass
       Device::gemm(x_gates, x, w.w_ih.t(), /*accumulate=*/false);
       norm.normalize_input_path<Device, T>(x_gates, a.ws, width, norm_cols);
@@ -97,6 +123,9 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
     }
   });
   r.h_n = proj ? matmul<Device>(h_new, w.w_hr->t()) : h_new;
+  if (proj && masks.zoneout_h.defined()) {  // on the projected h: m * h_prev + (1 - m) * h~
+    r.h_n.mul_(1 - masks.zoneout_h).addcmul_(masks.zoneout_h, h_prev);
+  }
   if (!Cell::kHasCellState) r.c_n = Tensor();
   return r;
 }
@@ -123,9 +152,11 @@ void check_step_backward_args(const Sizes& s, const Tensor& input, const Tensor&
 
 template <class Cell, class Device>
 LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, const Tensor& input, const Tensor& h,
-                         const OptTensor& c, const LayerWeights& w, const Tensor& workspace, const GradMask& mask) {
+                         const OptTensor& c, const LayerWeights& w, const LayerMasks& zoneout, const Tensor& workspace,
+                         const GradMask& mask) {
   const OpScope scope(input);
   const Sizes s = check_step_args(step_op_name<Cell>(), Cell::kGates, Cell::kHasCellState, input, h, c, w);
+  const MaskRows masks = step_masks(step_op_name<Cell>(), zoneout, input, s, Cell::kHasCellState);
   const bool proj = w.w_hr.has_value();
   const NormWeights norm = NormWeights::of(w);
   check_step_backward_args<Cell>(s, input, grad_h_n, grad_c_n, workspace, proj, norm.active());
@@ -138,6 +169,10 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
   src.x = input.contiguous();
   src.h_prev = h_prev;
   src.d_proj = grad_h_n.contiguous();
+  // Zoneout of a projected h: the part m * dL/dh' that goes straight to h_prev, kept apart.
+  const bool proj_zoneout = proj && masks.zoneout_h.defined();
+  const Tensor h_direct = proj_zoneout ? src.d_proj * masks.zoneout_h : Tensor();
+  if (proj_zoneout) src.d_proj = src.d_proj - h_direct;
   // dL/dh' before the projection: through W_hr.
   const Tensor dh = proj ? matmul<Device>(src.d_proj, *w.w_hr) : src.d_proj;
   if (proj) src.h_unprojected = ws.narrow(1, Cell::kWorkspace * H, H);
@@ -151,9 +186,12 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
   }
   src.d_gates_x = new_buffer({B, GH}, opts);
   src.d_gates_h = Cell::kSplitGateGrads ? new_buffer({B, GH}, opts) : src.d_gates_x;
-  // GRU writes its direct path dh * z here (adding what it finds: nothing); dh_prev W_hh goes on top.
-  Tensor dh_prev = Cell::kSplitGateGrads ? at::zeros({B, s.state}, opts) : Tensor();
+  // The pass writes the direct paths here (GRU's dh * z, zoneout's; adding what it finds:
+  // nothing); dh_prev W_hh goes on top.
+  const bool direct_paths = Cell::kSplitGateGrads || (masks.zoneout_h.defined() && !proj);
+  Tensor dh_prev = direct_paths ? at::zeros({B, s.state}, opts) : Tensor();
   Tensor dc_prev = Cell::kHasCellState ? grad_c_n->contiguous().clone() : at::empty({0}, opts);
+  const Tensor grad_c_direct = norm.active() && masks.zoneout_c.defined() ? new_buffer({B, H}, opts) : Tensor();
   Device::dispatch(input.scalar_type(), Cell::kName, [&](auto tag) {
     using T = decltype(tag);
     BackwardStep<T> a;
@@ -173,15 +211,18 @@ LayerGrads step_backward(const Tensor& grad_h_n, const OptTensor& grad_c_n, cons
     a.d_gates_h = ptr<T>(src.d_gates_h);
     a.d_gates_stride = GH;
     a.norm = norm.backward<T>(a.ws, NormColumns(norm_col, GH), ptr<T>(src.d_h_raw), ptr<T>(src.d_c_norm));
+    set_zoneout(masks, proj, &a.masks);
+    a.masks.grad_c_direct = ptr<T>(grad_c_direct);
     Device::template backward_step<Cell, T>(a);
   });
   const Tensor& d_gemm_h = norm.active() ? src.d_h_raw : src.d_gates_h;
   if (!mask.h0) {
     dh_prev = at::empty({0}, opts);
-  } else if (Cell::kSplitGateGrads) {
+  } else if (direct_paths) {
     Device::gemm(dh_prev, d_gemm_h, w.w_hh, /*accumulate=*/true);
   } else {
     dh_prev = matmul<Device>(d_gemm_h, w.w_hh);
+    if (proj_zoneout) dh_prev.add_(h_direct);
   }
   LayerGrads g = weight_and_input_grads<Cell, Device>(src, w, input.sizes(), mask);
   g.h0 = dh_prev;

@@ -19,8 +19,8 @@ namespace fused_rnn {
 
 using torch::autograd::variable_list;
 
-// fused_rnn._ops.step_double_backward(name, inputs, extras, grads) -> a gradient (or None) per
-// input: set by _ops at import. Never destroyed (nodes may outlive the interpreter's modules).
+// fused_rnn._ops.step_double_backward(name, inputs, masks, extras, grads) -> a gradient (or None)
+// per input: set by _ops at import. Never destroyed (nodes may outlive the interpreter's modules).
 inline pybind11::object& step_double_backward() {
   static auto* fn = new pybind11::object();
   return *fn;
@@ -43,38 +43,40 @@ struct StepOps {
   }
 };
 
-// The node of one step: its inputs (input, states, weights; absent weights as nullopt) saved,
-// one next edge per present input, one input (gradient) per state the step returns.
+using OptTensors = std::vector<std::optional<at::Tensor>>;
+
+// The node of one step: its inputs (input, states, weights; absent weights as nullopt) and masks
+// (zoneout's, not differentiable) saved, one next edge per present input, one input (gradient)
+// per state the step returns.
 class StepBackward : public torch::autograd::Node {
  public:
-  StepBackward(std::string name, const std::vector<std::optional<at::Tensor>>& inputs, std::vector<std::string> extras,
+  StepBackward(std::string name, const OptTensors& inputs, const OptTensors& masks, std::vector<std::string> extras,
                const at::Tensor& workspace, size_t n_states)
       : name_(std::move(name)), extras_(std::move(extras)), n_states_(n_states) {
-    for (const auto& t : inputs) {
-      saved_.emplace_back(t.has_value() ? std::optional<torch::autograd::SavedVariable>(std::in_place, *t, false)
-                                        : std::nullopt);
-    }
+    save(inputs, &saved_);
+    save(masks, &saved_masks_);
     workspace_ = torch::autograd::SavedVariable(workspace, false);
   }
 
   std::string name() const override { return "FusedRnnStepBackward"; }
 
   void release_variables() override {
-    for (auto& s : saved_) {
-      if (s) s->reset_data();
+    for (auto* list : {&saved_, &saved_masks_}) {
+      for (auto& s : *list) {
+        if (s) s->reset_data();
+      }
     }
     workspace_.reset_data();
   }
 
   variable_list apply(variable_list&& grads) override {
-    std::vector<std::optional<at::Tensor>> inputs;
-    for (const auto& s : saved_) inputs.push_back(s ? std::optional<at::Tensor>(s->unpack()) : std::nullopt);
+    const OptTensors inputs = unpack(saved_), masks = unpack(saved_masks_);
     // An unused state's gradient arrives undefined: zeros of the state (a state keeps its shape).
     for (size_t i = 0; i < n_states_; ++i) {
       if (!grads[i].defined()) grads[i] = at::zeros_like(*inputs[1 + i]);
     }
-    const std::vector<std::optional<at::Tensor>> per_input =
-        at::GradMode::is_enabled() ? python_grads(inputs, grads) : backward_op(inputs, grads);
+    const OptTensors per_input =
+        at::GradMode::is_enabled() ? python_grads(inputs, masks, grads) : backward_op(inputs, masks, grads);
     variable_list out;  // one per next edge: the present inputs, in order
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (inputs[i]) out.push_back(per_input[i].value_or(at::Tensor()));
@@ -83,11 +85,27 @@ class StepBackward : public torch::autograd::Node {
   }
 
  private:
-  std::vector<std::optional<at::Tensor>> backward_op(const std::vector<std::optional<at::Tensor>>& inputs,
-                                                     const variable_list& grads) {
+  using Saved = std::vector<std::optional<torch::autograd::SavedVariable>>;
+
+  static void save(const OptTensors& tensors, Saved* saved) {
+    for (const auto& t : tensors) {
+      saved->emplace_back(t.has_value() ? std::optional<torch::autograd::SavedVariable>(std::in_place, *t, false)
+                                        : std::nullopt);
+    }
+  }
+
+  static OptTensors unpack(const Saved& saved) {
+    OptTensors out;
+    for (const auto& s : saved) out.push_back(s ? std::optional<at::Tensor>(s->unpack()) : std::nullopt);
+    return out;
+  }
+
+  OptTensors backward_op(const OptTensors& inputs, const OptTensors& masks, const variable_list& grads) {
     torch::jit::Stack stack;
     for (size_t i = 0; i < n_states_; ++i) stack.emplace_back(grads[i]);
-    for (const auto& t : inputs) stack.emplace_back(t.has_value() ? c10::IValue(*t) : c10::IValue());
+    for (const auto* list : {&inputs, &masks}) {
+      for (const auto& t : *list) stack.emplace_back(t.has_value() ? c10::IValue(*t) : c10::IValue());
+    }
     for (const auto& e : extras_) stack.emplace_back(e);
     stack.emplace_back(workspace_.unpack());
     // output_mask: only what the engine will pass on (an input that needs no gradient, frozen
@@ -97,37 +115,38 @@ class StepBackward : public torch::autograd::Node {
     for (const auto& t : inputs) mask.push_back(t.has_value() && task_should_compute_output(edge++));
     stack.emplace_back(mask);
     StepOps::get(name_).backward.callBoxed(&stack);
-    std::vector<std::optional<at::Tensor>> result;
+    OptTensors result;
     for (size_t i = 0; i < inputs.size(); ++i) {
       result.push_back(mask[i] ? std::optional<at::Tensor>(stack[i].toTensor()) : std::nullopt);
     }
     return result;
   }
 
-  std::vector<std::optional<at::Tensor>> python_grads(const std::vector<std::optional<at::Tensor>>& inputs,
-                                                      const variable_list& grads) {
+  OptTensors python_grads(const OptTensors& inputs, const OptTensors& masks, const variable_list& grads) {
     pybind11::gil_scoped_acquire gil;
     TORCH_CHECK(step_double_backward(), "fused_rnn: the double backward formula was not registered");
     const auto result =
-        step_double_backward()(name_, inputs, extras_, std::vector<at::Tensor>(grads.begin(), grads.end()));
-    return result.cast<std::vector<std::optional<at::Tensor>>>();
+        step_double_backward()(name_, inputs, masks, extras_, std::vector<at::Tensor>(grads.begin(), grads.end()));
+    return result.cast<OptTensors>();
   }
 
   std::string name_;
   std::vector<std::string> extras_;
   size_t n_states_;
-  std::vector<std::optional<torch::autograd::SavedVariable>> saved_;
+  Saved saved_, saved_masks_;
   torch::autograd::SavedVariable workspace_;
 };
 
-// The single-step op `name` on `inputs` (input, states, weights; None for an absent weight) and
-// `extras` (the nonlinearity), with the workspace kept and the states returned with a
-// StepBackward as their grad_fn. Returns the states after the step.
-inline std::vector<at::Tensor> step_with_grad(const std::string& name,
-                                              const std::vector<std::optional<at::Tensor>>& inputs,
-                                              const std::vector<std::string>& extras, int64_t n_states) {
+// The single-step op `name` on `inputs` (input, states, weights; None for an absent weight),
+// `masks` (zoneout's, None when off) and `extras` (the nonlinearity), with the workspace kept
+// and the states returned with a StepBackward as their grad_fn. Returns the states after the step.
+inline std::vector<at::Tensor> step_with_grad(const std::string& name, const OptTensors& inputs,
+                                              const OptTensors& masks, const std::vector<std::string>& extras,
+                                              int64_t n_states) {
   torch::jit::Stack stack;
-  for (const auto& t : inputs) stack.emplace_back(t.has_value() ? c10::IValue(*t) : c10::IValue());
+  for (const auto* list : {&inputs, &masks}) {
+    for (const auto& t : *list) stack.emplace_back(t.has_value() ? c10::IValue(*t) : c10::IValue());
+  }
   for (const auto& e : extras) stack.emplace_back(e);
   stack.emplace_back(true);  // need_workspace
   {
@@ -141,7 +160,7 @@ inline std::vector<at::Tensor> step_with_grad(const std::string& name,
   for (const auto& t : inputs) {
     if (t) present.push_back(*t);
   }
-  auto node = c10::make_intrusive<StepBackward>(name, inputs, extras, workspace, static_cast<size_t>(n_states));
+  auto node = c10::make_intrusive<StepBackward>(name, inputs, masks, extras, workspace, static_cast<size_t>(n_states));
   node->set_next_edges(torch::autograd::collect_next_edges(present));
   for (auto& s : states) torch::autograd::set_history(s, node);
   return states;

@@ -39,17 +39,19 @@ class _OpSpec:
             -> (output, *states_n, workspace)
         <cell>_backward(grad_output, *grad_states_n, input, batch_sizes, *states0, *weights, *masks,
                         *extras, workspace, reverse) -> (grad_input, *grad_states0, *grad_weights)
-    (masks: the regularizers', csrc/layer_masks.h; not differentiable.)
     Single-step ops (step=True), one step of the cell:
-        <cell>_cell_forward(input, *states0, *weights, *extras, need_workspace) -> (*states_n, workspace)
-        <cell>_cell_backward(*grad_states_n, input, *states0, *weights, *extras, workspace)
+        <cell>_cell_forward(input, *states0, *weights, *masks, *extras, need_workspace)
+            -> (*states_n, workspace)
+        <cell>_cell_backward(*grad_states_n, input, *states0, *weights, *masks, *extras, workspace)
             -> (grad_input, *grad_states0, *grad_weights)
+    masks: the regularizers' (csrc/layer_masks.h), not differentiable: the layers' MASKS, the
+    steps' zoneout only (STEP_MASKS).
     """
 
     def __init__(self, cell, n_states, weight_names, mask_names, n_extras, facts, step=False):
         self.cell, self.n_states, self.n_extras = cell, n_states, n_extras
         self.weight_names = weight_names  # as the schemas and fused_rnn.reference name them
-        self.mask_names = () if step else mask_names
+        self.mask_names = STEP_MASKS[cell] if step else mask_names
         n_weights = len(weight_names)
         self.step = step
         self.name = f"{cell}_cell" if step else cell
@@ -109,6 +111,7 @@ VARIANT_WEIGHTS = ("weight_ch", *LAYER_NORM_WEIGHTS["lstm"])
 # The regularizers' masks the layer ops take (keyword-only in fused_rnn.functional and reference).
 MASKS = {"lstm": ("zoneout_h", "zoneout_c", "dropout_h"), "gru": ("zoneout_h", "dropout_h"),
          "rnn": ("zoneout_h", "dropout_h")}
+STEP_MASKS = {cell: tuple(name for name in names if name != "dropout_h") for cell, names in MASKS.items()}
 _CELL_OPS = {  # cell: n_states, weight names, mask names, n_extras, the C++ cell's facts
     "lstm": (2, (*_WEIGHTS, "weight_hr", "weight_ch", *LAYER_NORM_WEIGHTS["lstm"]), MASKS["lstm"], 0,
              _C.cells["lstm"]),
@@ -129,11 +132,14 @@ def _reference_call(spec, tensors, extras, flags):
     input, batch_sizes, states, weights = spec.parts(tensors)
     kwargs = {"nonlinearity": extras[0]} if spec.cell == "rnn" else {}
     kwargs.update(zip(spec.weight_names, weights))
-    kwargs.update((name, mask) for name, mask in zip(spec.mask_names, spec.masks(tensors)) if mask is not None)
+    masks = {name: mask for name, mask in zip(spec.mask_names, spec.masks(tensors)) if mask is not None}
     state = tuple(states) if spec.cell == "lstm" else states[0]
     if spec.step:
         out = _REFERENCE_CELLS[spec.cell](input, state, **kwargs)
-        return out if spec.cell == "lstm" else (out,)
+        out = out if spec.cell == "lstm" else (out,)
+        return tuple(reference.zone_out(masks.get(name), old, new)
+                     for name, old, new in zip(("zoneout_h", "zoneout_c"), states, out))
+    kwargs.update(masks)
     layer = {"lstm": reference.lstm, "gru": reference.gru, "rnn": reference.rnn}[spec.cell]
     out, state_n = layer(input, state, batch_sizes=batch_sizes, reverse=flags[0], **kwargs)
     return (out, *state_n) if spec.cell == "lstm" else (out, state_n)
@@ -201,7 +207,8 @@ def _register(spec):
         saved = ctx.saved_tensors
         differentiable, workspace = list(saved[:spec.n_differentiable]), saved[-1]
         masks = saved[spec.n_differentiable:-1]
-        tensors = differentiable if spec.step else (differentiable[0], ctx.batch_sizes, *differentiable[1:], *masks)
+        tensors = (*differentiable, *masks) if spec.step else (differentiable[0], ctx.batch_sizes, *differentiable[1:],
+                                                               *masks)
         grads = [g if g is not None else differentiable[0].new_zeros(shape)
                  for g, shape in zip(grads[:-1], ctx.output_shapes)]
         if torch.is_grad_enabled():
@@ -276,11 +283,11 @@ def _reference_grads(spec, tensors, extras, flags, differentiable, grads):
     return result
 
 
-def step_double_backward(name, inputs, extras, grads):
+def step_double_backward(name, inputs, masks, extras, grads):
     """The gradient of each input of a single-step call whose node is C++'s
     (_C.step_with_grad, csrc/step_autograd.h), for backward with create_graph=True."""
     spec = STEP_SPECS[name[:-len("_cell")]]
-    return _reference_grads(spec, inputs, tuple(extras), (), list(inputs), grads)
+    return _reference_grads(spec, [*inputs, *masks], tuple(extras), (), list(inputs), grads)
 
 
 _C.set_step_double_backward(step_double_backward)
@@ -289,8 +296,9 @@ _C.set_step_double_backward(step_double_backward)
 def step_with_grad(spec, args):
     """The single-step op of `spec` on the forward's arguments but need_workspace, in eager
     training: (*states_n, None), the states with their autograd node in C++."""
-    n = spec.n_tensors
-    return (*_C.step_with_grad(spec.name, list(args[:n]), list(args[n:]), spec.n_states), None)
+    n, masks = spec.n_tensors, len(spec.mask_names)
+    return (*_C.step_with_grad(spec.name, list(args[:n - masks]), list(args[n - masks:n]), list(args[n:]),
+                               spec.n_states), None)
 
 
 @torch.library.register_fake("fused_rnn::bernoulli_mask")

@@ -181,54 +181,65 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, batch_sizes
 
 
 def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *, weight_ch=None,
-              ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
+              ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None, zoneout_h=None,
+              zoneout_c=None):
     """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c'); the variants'
-    weights as in ``lstm``."""
+    weights as in ``lstm``; zoneout's masks ``zoneout_h`` [B, P or H], ``zoneout_c`` [B, H] (the
+    weight of h and c in h', c', fused_rnn.reference.zone_out), None when off."""
     variant = dict(weight_ch=weight_ch, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
                    ln_bias_c=ln_bias_c)
     _check_types("lstm_cell", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
-                 weight_hr=weight_hr, **variant)
-    return _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, **variant)
+                 weight_hr=weight_hr, **variant, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
+    return _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, **variant, zoneout_h=zoneout_h,
+                      zoneout_c=zoneout_c)
 
 
-def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ln_weight_ih=None, ln_weight_hh=None):
-    """One step: input [B, I], hx = h [B, H] or None -> h'; the layer-norm weights as in ``gru``."""
+def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ln_weight_ih=None, ln_weight_hh=None,
+             zoneout_h=None):
+    """One step: input [B, I], hx = h [B, H] or None -> h'; the layer-norm weights as in ``gru``;
+    zoneout's mask ``zoneout_h`` [B, H] as in ``lstm_cell``."""
     variant = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh)
-    _check_types("gru_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, **variant)
-    return _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, **variant)
+    _check_types("gru_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, **variant,
+                 zoneout_h=zoneout_h)
+    return _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, **variant, zoneout_h=zoneout_h)
 
 
-def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
-    """One step: input [B, I], hx = h [B, H] or None -> h' = act(...), act = tanh or relu."""
-    _check_types(f"rnn_{nonlinearity}_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-    return _rnn_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
+def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh", *, zoneout_h=None):
+    """One step: input [B, I], hx = h [B, H] or None -> h' = act(...), act = tanh or relu;
+    zoneout's mask ``zoneout_h`` [B, H] as in ``lstm_cell``."""
+    _check_types(f"rnn_{nonlinearity}_cell", hx, 1, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,
+                 zoneout_h=zoneout_h)
+    return _rnn_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, zoneout_h=zoneout_h)
 
 
 # The cells' steps after the type checks: what the modules' cells call, having checked more.
 
 def _lstm_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None, *, weight_ch=None,
-               ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None):
+               ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None, ln_bias_c=None, zoneout_h=None,
+               zoneout_c=None):
     if hx is None:
         hx = (_zeros(input, None, weight_hh, 1, step=True), _zeros(input, None, weight_hh, 0, gates=4, step=True))
     h0, c0 = hx
     variant = (weight_ch, ln_weight_ih, ln_weight_hh, ln_weight_c, ln_bias_c)
     need = _needs_workspace(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *variant)
     h, c, _ = _call(ops.lstm_cell_forward, need, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                    *variant)
+                    *variant, zoneout_h, zoneout_c)
     return h, c
 
 
-def _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, *, ln_weight_ih=None, ln_weight_hh=None):
+def _gru_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, *, ln_weight_ih=None, ln_weight_hh=None,
+              zoneout_h=None):
     h0 = _zeros(input, None, weight_hh, 1, step=True) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih, ln_weight_hh)
     return _call(ops.gru_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, ln_weight_ih,
-                 ln_weight_hh)[0]
+                 ln_weight_hh, zoneout_h)[0]
 
 
-def _rnn_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):
+def _rnn_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh", *, zoneout_h=None):
     h0 = _zeros(input, None, weight_hh, 1, step=True) if hx is None else hx
     need = _needs_workspace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
-    return _call(ops.rnn_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)[0]
+    return _call(ops.rnn_cell_forward, need, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, zoneout_h,
+                 nonlinearity)[0]
 
 
 # layer function -> its cell's step (modules' cells, after their own checks).

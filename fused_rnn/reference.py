@@ -104,7 +104,7 @@ def rnn_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearit
 #   dropout_h [B, P]: recurrent dropout, h_prev * d is what W_hh multiplies.
 # ---------------------------------------------------------------------------------------------
 
-def _zone_out(mask, prev, fresh):
+def zone_out(mask, prev, fresh):
     return fresh if mask is None else mask * prev + (1 - mask) * fresh
 
 
@@ -189,7 +189,7 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=
         (h, c), (zoneout, dropout) = state, _step_masks(masks, rows, x.size(0))
         h_new, c_new = lstm_cell(x, (h if dropout is None else h * dropout, c), weight_ih, weight_hh, bias_ih,
                                  bias_hh, weight_hr, **variant)
-        return _zone_out(zoneout.get("zoneout_h"), h, h_new), _zone_out(zoneout.get("zoneout_c"), c, c_new)
+        return zone_out(zoneout.get("zoneout_h"), h, h_new), zone_out(zoneout.get("zoneout_c"), c, c_new)
 
     output, (h_n, c_n) = _recurrence(step, input, tuple(hx), batch_sizes, reverse)
     return output, (h_n, c_n)
@@ -206,7 +206,7 @@ def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
     def step(x, state, rows):
         zoneout, dropout = _step_masks(masks, rows, x.size(0))
         h_new = gru_cell(x, state[0], weight_ih, weight_hh, bias_ih, bias_hh, dropout_h=dropout, **variant)
-        return (_zone_out(zoneout.get("zoneout_h"), state[0], h_new),)
+        return (zone_out(zoneout.get("zoneout_h"), state[0], h_new),)
 
     output, (h_n,) = _recurrence(step, input, (hx,), batch_sizes, reverse)
     return output, h_n
@@ -224,7 +224,7 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
         (h,), (zoneout, dropout) = state, _step_masks(masks, rows, x.size(0))
         h_new = rnn_cell(x, h if dropout is None else h * dropout, weight_ih, weight_hh, bias_ih, bias_hh,
                          nonlinearity)
-        return (_zone_out(zoneout.get("zoneout_h"), h, h_new),)
+        return (zone_out(zoneout.get("zoneout_h"), h, h_new),)
 
     output, (h_n,) = _recurrence(step, input, (hx,), batch_sizes, reverse)
     return output, h_n

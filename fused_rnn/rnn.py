@@ -310,8 +310,7 @@ class _FusedCellMixin(variants.VariantOptions):
     """forward() for the three RNNCellBase subclasses below: torch.nn's checks in torch.nn's
     order, then one step of the cell (the single-step op). States are handled as a tuple
     throughout: (h,) for GRU/RNN cells, (h, c) for LSTMCell. The cells' regularizer (zoneout,
-    fused_rnn/regularizers.py) is applied to the step's result (_zone_out): the single-step ops
-    take no masks."""
+    fused_rnn/regularizers.py): each call draws its masks, which the single-step op applies."""
 
     zoneout = 0.0
 
@@ -334,7 +333,7 @@ class _FusedCellMixin(variants.VariantOptions):
         weights). The checks cost about 8 us of a 45 us LSTMCell step at B = 1, H = 256."""
         if not isinstance(input, torch.Tensor) or input.dim() != 2 or torch.compiler.is_compiling():
             return None
-        if _autocast.autocast_dtype(input.device) is not None or self.zoneout:
+        if _autocast.autocast_dtype(input.device) is not None:
             return None
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         op_kwargs = self._variant_weights()
@@ -348,7 +347,8 @@ class _FusedCellMixin(variants.VariantOptions):
         if layer_op is None:  # an RNNCell nonlinearity torch.nn refuses
             return None
         try:
-            return functional.STEPS[layer_op](input, hx, *weights, **mode_kwargs, **op_kwargs)
+            return functional.STEPS[layer_op](input, hx, *weights, **mode_kwargs, **op_kwargs,
+                                              **self._zoneout_masks(input))
         except (RuntimeError, TypeError, ValueError):  # the op's argument checks and schema
             # Only these: other exceptions unwind on purpose (non-reentrant checkpoint stops a
             # recomputation with one) and must pass through.
@@ -430,24 +430,30 @@ class _FusedCellMixin(variants.VariantOptions):
             wide_c = c is None
             states = states if wide_c else (states[0], c)
         state = None if states is None else (states if self._n_states == 2 else states[0])
-        step = _REFERENCE_STEPS[layer_op] if wide_c or weights[1].size(1) == 0 else functional.STEPS[layer_op]
-        return self._zone_out(step(x, state, *weights, **op_kwargs), state, x)
+        masks = self._zoneout_masks(x)
+        if wide_c or weights[1].size(1) == 0:
+            new = _REFERENCE_STEPS[layer_op](x, state, *weights, **op_kwargs)
+            return self._zone_out(new, state, masks)
+        return functional.STEPS[layer_op](x, state, *weights, **op_kwargs, **masks)
 
-    def _zone_out(self, new, state, x):
-        """The step's new states zoned out with this call's masks (drawn as for a layer of one
-        step, [1, B, H]), by fused_rnn.reference's formula in ATen ops. Measured (Xeon, 2 threads)
-        LSTMCell forward+backward at B=1, H=256 with torch.rand's masks: 627 us so, 889 us
-        through the layer op over one step (which takes masks, but sets up a whole layer per
-        call), 477 us without zoneout."""
+    def _zoneout_masks(self, x):
+        """This call's zoneout masks as the single-step ops take them, [B, H] (drawn as for a
+        layer of one step); none when off."""
         if not self.zoneout:
-            return new
+            return {}
         masks = regularizers.recurrence_masks(self, x.unsqueeze(0), None, self.hidden_size, self.hidden_size,
                                               cell_state=self._n_states == 2)
+        return {name: mask[0] for name, mask in masks.items()}
+
+    def _zone_out(self, new, state, masks):
+        """A step the reference ran, zoned out by the reference's formula."""
+        if not masks:
+            return new
         news = new if self._n_states == 2 else (new,)
         olds = state if self._n_states == 2 else (state,)
         if olds is None or olds[0] is None:
             olds = tuple(torch.zeros_like(s) for s in news)
-        zoned = tuple(reference._zone_out(masks[name][0], old, fresh)
+        zoned = tuple(reference.zone_out(masks[name], old, fresh)
                       for name, old, fresh in zip(("zoneout_h", "zoneout_c"), olds, news))
         return zoned if self._n_states == 2 else zoned[0]
 

@@ -66,7 +66,9 @@ class Case:
         """(forward op name, its arguments) of torch.ops.fused_rnn for this case."""
         extras = [self.cell[4:]] if OP[self.cell] == "rnn" else []  # the nonlinearity
         if self.step:
-            return f"{OP[self.cell]}_cell_forward", (self.input, *self.states, *self.weights, *extras, need_workspace)
+            masks = [self.masks.get(name) for name in _ops.STEP_MASKS[OP[self.cell]]]
+            return f"{OP[self.cell]}_cell_forward", (self.input, *self.states, *self.weights, *masks, *extras,
+                                                     need_workspace)
         masks = [self.masks.get(name) for name in _ops.MASKS[OP[self.cell]]]
         return f"{OP[self.cell]}_forward", (self.input, self.batch_sizes, *self.states, *self.weights, *masks,
                                             *extras, self.reverse, need_workspace)
@@ -96,13 +98,23 @@ class Case:
 
     def _run_step(self, module):
         hx = None if not self.states else tuple(self.states) if self.cell.startswith("lstm") else self.states[0]
+        if module is reference and self.masks:  # the reference cells take none: one step of its layer
+            kw = dict(batch_sizes=None, reverse=False, **{k: m[None] for k, m in self.masks.items()})
+            x = self.input[None]
+            if self.cell.startswith("lstm"):
+                weights, variant = self.weight_args()
+                return reference.lstm(x, hx, *weights, **kw, **variant)[1]
+            if OP[self.cell] == "gru":
+                weights, variant = self.weight_args()
+                return (reference.gru(x, hx, *weights, **kw, **variant)[1],)
+            return (reference.rnn(x, hx, *self.weights, nonlinearity=self.cell[4:], **kw)[1],)
         if self.cell.startswith("lstm"):
             weights, variant = self.weight_args()
-            return module.lstm_cell(self.input, hx, *weights, **variant)
+            return module.lstm_cell(self.input, hx, *weights, **variant, **self.masks)
         if OP[self.cell] == "gru":
             weights, variant = self.weight_args()
-            return (module.gru_cell(self.input, hx, *weights, **variant),)
-        return (module.rnn_cell(self.input, hx, *self.weights, nonlinearity=self.cell[4:]),)
+            return (module.gru_cell(self.input, hx, *weights, **variant, **self.masks),)
+        return (module.rnn_cell(self.input, hx, *self.weights, nonlinearity=self.cell[4:], **self.masks),)
 
     def function(self, module=functional):
         """The case as a function of its leaves, (output, *final states) through `module`: what
@@ -151,7 +163,7 @@ def random_masks(cell, which, x, batch, hidden, state, generator, p=0.3):
     def bernoulli(*shape, keep):
         return (torch.rand(*shape, generator=generator) < keep).to(dtype=x.dtype, device=x.device)
 
-    leading = x.shape[:-1]
+    leading = x.shape[:-1]  # a step's [B, I]: its masks [B, width]
     masks = {}
     if "zoneout" in which:
         masks["zoneout_h"] = bernoulli(*leading, state, keep=p)

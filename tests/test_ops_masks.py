@@ -106,3 +106,25 @@ def test_bad_masks_are_refused_by_name(device):
             masks = {**case.masks, name: spoil(case.masks[name])}
             with pytest.raises(RuntimeError, match=name):
                 case.with_leaves(case.leaves(), masks).run(functional)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_single_step_zoneout_matches_reference(device, cell, dtype):
+    """The single-step ops with zoneout's masks (the cells' regularizer) against one step of the
+    reference layer with the same masks; hx given and omitted."""
+    sizes = SIZES if dtype == torch.float32 else {}
+    for hx in (True, False):
+        case = make_case(cell, step=True, hx=hx, dtype=dtype, device=device, masks=("zoneout",), **sizes)
+        check_against_reference(case)
+
+
+@pytest.mark.parametrize("cell", ["lstm_peephole_ln_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_single_step_zoneout_gradcheck(device, cell):
+    """gradcheck and gradgradcheck of a step with zoneout (the eager call's C++ autograd node,
+    and its double backward through the reference)."""
+    case = make_case(cell, step=True, device=device, B=3, H=4, masks=("zoneout",))
+    assert torch.autograd.gradcheck(case.function(), case.leaves())
+    assert torch.autograd.gradgradcheck(case.function(), case.leaves())

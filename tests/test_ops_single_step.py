@@ -7,10 +7,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_rnn
-from fused_rnn import functional, reference
+from fused_rnn import _ops, functional, reference
 
 from checks import DEVICES, DTYPE_IDS
-from op_cases import CELLS, LOW_PRECISION, check_against_reference, make_case, nn_scaled
+from op_cases import CELLS, LOW_PRECISION, OP, check_against_reference, make_case, nn_scaled
 
 pytestmark = pytest.mark.usefixtures("poison_buffers")
 
@@ -45,8 +45,11 @@ def test_step_gradcheck_and_gradgradcheck(device, cell, hx):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_step_opcheck(device, cell, dtype):
-    """Both ops, the forward with its workspace (a gradient possible) and without."""
+    """Both ops, the forward with its workspace (a gradient possible) and without; with zoneout's
+    masks too."""
     kw = dict(step=True, dtype=dtype, device=device, **SIZES)
+    zoned = make_case(cell, masks=("zoneout",), **kw).op_args(need_workspace=True)[1]
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, make_case(cell, **kw).op_args(True)[0]), zoned)
     name, args = make_case(cell, **kw).op_args(need_workspace=True)
     forward = getattr(torch.ops.fused_rnn, name)
     torch.library.opcheck(forward, args)
@@ -56,7 +59,7 @@ def test_step_opcheck(device, cell, dtype):
     grads = [torch.randn_like(o) for o in outs[:-1]]
     inputs = [a.detach() if torch.is_tensor(a) else a for a in args[:-1]]
     backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
-    n_grads = len([a for a in inputs if a is None or torch.is_tensor(a)])
+    n_grads = _ops.STEP_SPECS[OP[cell]].n_differentiable  # the masks (None here) get none
     for mask in ([True] * n_grads, [i % 2 == 0 for i in range(n_grads)]):
         torch.library.opcheck(backward, (*grads, *inputs, outs[-1], mask))
 
@@ -71,7 +74,7 @@ def test_step_backward_computes_what_its_mask_asks_for(device, cell):
     grads = [torch.randn_like(o) for o in outs[:-1]]
     inputs = [a.detach() if torch.is_tensor(a) else a for a in args[:-1]]
     backward = getattr(torch.ops.fused_rnn, name.replace("forward", "backward"))
-    n_grads = len([a for a in inputs if a is None or torch.is_tensor(a)])
+    n_grads = _ops.STEP_SPECS[OP[cell]].n_differentiable  # the masks (None here) get none
     full = backward(*grads, *inputs, outs[-1], [True] * n_grads)
     for skipped in range(n_grads):
         mask = [i != skipped for i in range(n_grads)]
