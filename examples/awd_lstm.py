@@ -11,11 +11,11 @@ text on every machine with the same Python version), lower-cased and split into 
 and punctuation; words seen fewer than 3 times in the training text are <unk>; every tenth
 docstring is held out.
 
-``--quick`` (60k training words, 4 epochs, a 2-layer 128-unit model; about 13 s on this
+``--quick`` (60k training words, 4 epochs, a 2-layer 128-unit model; about 11 s on this
 project's 2-core machine) reaches a held-out perplexity below QUICK_PPL_THRESHOLD = 125
-(107.5 with seed 0, 112.9 with ``--zoneout 0.1``; the unigram model: 226). The full run (all
-117k training words, 8 epochs, a 3-layer 256-unit model; 92 s with 2 threads) reaches a
-held-out perplexity of 88.1 (unigram: 294, a larger vocabulary); its outputs are in
+(109.8 with seed 0, 112.7 with ``--zoneout 0.1``; the unigram model: 226). The full run (all
+117k training words, 8 epochs, a 3-layer 256-unit model; 79 s with 2 threads) reaches a
+held-out perplexity of 88.4 (unigram: 294, a larger vocabulary); its outputs are in
 docs/examples/awd_lstm/. Outputs in ``--out``: awd_lstm_ppl.png and results.json.
 """
 from __future__ import annotations
