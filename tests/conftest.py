@@ -7,7 +7,8 @@ import pytest
 import torch
 
 # The CUDA checks of `gpu_smoke` (bench/gpu_check.sh runs them first, in minutes): every op and
-# dtype once against the reference, both IO paths, graph capture, a second stream, the modules.
+# dtype once against the reference, both IO paths, graph capture, a second stream, the modules,
+# the regularizers' masks.
 GPU_SMOKE = {
     "tests/test_ops_dispatch.py::test_extension_has_cuda_kernels",
     "tests/test_ops_numerics.py::test_float32_matches_reference",
@@ -18,6 +19,8 @@ GPU_SMOKE = {
     "tests/test_ops_dispatch.py::test_non_default_stream",
     "tests/test_modules_numerics.py::test_float32",
     "tests/test_modes_autocast.py::test_cells_return_torch_nn_dtypes",
+    "tests/test_ops_masks.py::test_float32_matches_reference",
+    "tests/test_ops_masks.py::test_single_step_zoneout_matches_reference",
 }
 
 
