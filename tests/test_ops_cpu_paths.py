@@ -55,9 +55,10 @@ def two_threads():
     _ops._C.testing.set_split_steps(True)  # the default, whatever a test left
 
 
-def _split_case(cell, B, packed, reverse, dtype):
+def _split_case(cell, B, packed, reverse, dtype, masks=()):
     H = 184
-    case = make_case(cell, packed=packed, reverse=reverse, dtype=dtype, T=6, B=B, I=7, H=H, scale=H ** -0.5)
+    case = make_case(cell, packed=packed, reverse=reverse, dtype=dtype, T=6, B=B, I=7, H=H, scale=H ** -0.5,
+                     masks=masks)
     steps = len(case.batch_sizes) if packed else 6
     workers = _ops._C.testing.split_workers(B, H, GATES[cell], H, steps, True, dtype == torch.float64)
     assert workers == 2, "the case no longer exercises the split steps"
@@ -69,11 +70,14 @@ def _split_case(cell, B, packed, reverse, dtype):
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_split_steps_match_reference(two_threads, cell, B, packed, reverse, dtype):
+@pytest.mark.parametrize("masks", [(), ("zoneout", "dropout")], ids=["plain", "masks"])
+def test_split_steps_match_reference(two_threads, cell, B, packed, reverse, dtype, masks):
     """Training forward (with workspace) and backward against the reference, and the
     inference forward bit for bit against the same call run whole (splitting off) on the same
-    threads: on another thread count MKL's sgemm (the input projection) may give other bits."""
-    case = _split_case(cell, B, packed, reverse, dtype)
+    threads: on another thread count MKL's sgemm (the input projection) may give other bits.
+    With the regularizers' masks too: every split's pass writes its units of h * d, which the
+    next step's GEMM of every split reads."""
+    case = _split_case(cell, B, packed, reverse, dtype, masks)
     check_against_reference(case)
     with torch.no_grad():
         split = case.run(functional)
