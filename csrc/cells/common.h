@@ -202,8 +202,9 @@ FUSED_RNN_HD HiddenGrad<V> hidden_grad(const BackwardStep<T>& a, int64_t b, int6
   return {dh - direct, direct};
 }
 
-// Whether a backward step writes the gradient of h_prev's direct paths to grad_h_state (else
-// the driver's GEMM overwrites it): the GRU's always, the other cells' under a regularizer.
+// Whether an LSTM or RNN backward step writes the gradient of h_prev's direct paths (zoneout's)
+// to grad_h_state, which the driver's GEMM otherwise overwrites: under a regularizer. (The GRU
+// always writes its direct path z * dh.)
 template <class T>
 FUSED_RNN_HD bool writes_direct_grad(const BackwardStep<T>& a) {
   return a.grad_h_state && (a.masks.zoneout_h || a.masks.grad_h_dropped);
