@@ -268,10 +268,8 @@ struct ForwardBuffers {
   // (h_state still holds h_prev), the new state, and the next GEMM's input under dropout.
   void finish_projected_step(const StepRows& st, Tensor& projected) {
     Tensor h_rows = first_rows(h_state, st.rows);
-    if (masks.zoneout_h.defined()) {  // m * h_prev + (1 - m) * h~, exact for m = 1 (cells/common.h)
-      const Tensor m = masks.zoneout_h.narrow(0, st.offset, st.rows);
-      projected.mul_(1 - m).addcmul_(m, h_rows);
-    }
+    // m * h_prev + (1 - m) * h~ in place, no buffer per step; lerp is exact at m = 0 and m = 1
+    if (masks.zoneout_h.defined()) projected.lerp_(h_rows, masks.zoneout_h.narrow(0, st.offset, st.rows));
     h_rows.copy_(projected);
     if (masks.dropout()) {
       Tensor dropped = first_rows(h_dropped, st.rows);

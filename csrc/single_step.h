@@ -123,9 +123,8 @@ StepOutputs step_forward(const Tensor& input, const Tensor& h, const OptTensor& 
     }
   });
   r.h_n = proj ? matmul<Device>(h_new, w.w_hr->t()) : h_new;
-  if (proj && masks.zoneout_h.defined()) {  // on the projected h: m * h_prev + (1 - m) * h~
-    r.h_n.mul_(1 - masks.zoneout_h).addcmul_(masks.zoneout_h, h_prev);
-  }
+  // On the projected h: m * h_prev + (1 - m) * h~ (lerp: exact at m = 0 and m = 1).
+  if (proj && masks.zoneout_h.defined()) r.h_n.lerp_(h_prev, masks.zoneout_h);
   if (!Cell::kHasCellState) r.c_n = Tensor();
   return r;
 }

@@ -132,14 +132,11 @@ def _reference_call(spec, tensors, extras, flags):
     input, batch_sizes, states, weights = spec.parts(tensors)
     kwargs = {"nonlinearity": extras[0]} if spec.cell == "rnn" else {}
     kwargs.update(zip(spec.weight_names, weights))
-    masks = {name: mask for name, mask in zip(spec.mask_names, spec.masks(tensors)) if mask is not None}
+    kwargs.update((name, mask) for name, mask in zip(spec.mask_names, spec.masks(tensors)) if mask is not None)
     state = tuple(states) if spec.cell == "lstm" else states[0]
     if spec.step:
         out = _REFERENCE_CELLS[spec.cell](input, state, **kwargs)
-        out = out if spec.cell == "lstm" else (out,)
-        return tuple(reference.zone_out(masks.get(name), old, new)
-                     for name, old, new in zip(("zoneout_h", "zoneout_c"), states, out))
-    kwargs.update(masks)
+        return out if spec.cell == "lstm" else (out,)
     layer = {"lstm": reference.lstm, "gru": reference.gru, "rnn": reference.rnn}[spec.cell]
     out, state_n = layer(input, state, batch_sizes=batch_sizes, reverse=flags[0], **kwargs)
     return (out, *state_n) if spec.cell == "lstm" else (out, state_n)

@@ -185,7 +185,7 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weigh
               zoneout_c=None):
     """One step: input [B, I], hx = (h [B, P or H], c [B, H]) or None -> (h', c'); the variants'
     weights as in ``lstm``; zoneout's masks ``zoneout_h`` [B, P or H], ``zoneout_c`` [B, H] (the
-    weight of h and c in h', c', fused_rnn.reference.zone_out), None when off."""
+    weight of h and c in h', c', fused_rnn.reference), None when off."""
     variant = dict(weight_ch=weight_ch, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
                    ln_bias_c=ln_bias_c)
     _check_types("lstm_cell", hx, 2, input, weight_ih, weight_hh, bias_ih=bias_ih, bias_hh=bias_hh,

@@ -430,11 +430,8 @@ class _FusedCellMixin(variants.VariantOptions):
             wide_c = c is None
             states = states if wide_c else (states[0], c)
         state = None if states is None else (states if self._n_states == 2 else states[0])
-        masks = self._zoneout_masks(x)
-        if wide_c or weights[1].size(1) == 0:
-            new = _REFERENCE_STEPS[layer_op](x, state, *weights, **op_kwargs)
-            return self._zone_out(new, state, masks)
-        return functional.STEPS[layer_op](x, state, *weights, **op_kwargs, **masks)
+        step = _REFERENCE_STEPS[layer_op] if wide_c or weights[1].size(1) == 0 else functional.STEPS[layer_op]
+        return step(x, state, *weights, **op_kwargs, **self._zoneout_masks(x))
 
     def _zoneout_masks(self, x):
         """This call's zoneout masks as the single-step ops take them, [B, H] (drawn as for a
@@ -444,18 +441,6 @@ class _FusedCellMixin(variants.VariantOptions):
         masks = regularizers.recurrence_masks(self, x.unsqueeze(0), None, self.hidden_size, self.hidden_size,
                                               cell_state=self._n_states == 2)
         return {name: mask[0] for name, mask in masks.items()}
-
-    def _zone_out(self, new, state, masks):
-        """A step the reference ran, zoned out by the reference's formula."""
-        if not masks:
-            return new
-        news = new if self._n_states == 2 else (new,)
-        olds = state if self._n_states == 2 else (state,)
-        if olds is None or olds[0] is None:
-            olds = tuple(torch.zeros_like(s) for s in news)
-        zoned = tuple(reference.zone_out(masks[name], old, fresh)
-                      for name, old, fresh in zip(("zoneout_h", "zoneout_c"), olds, news))
-        return zoned if self._n_states == 2 else zoned[0]
 
 
 class RNNCell(_FusedCellMixin, nn.RNNCell):

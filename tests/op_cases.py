@@ -98,16 +98,6 @@ class Case:
 
     def _run_step(self, module):
         hx = None if not self.states else tuple(self.states) if self.cell.startswith("lstm") else self.states[0]
-        if module is reference and self.masks:  # the reference cells take none: one step of its layer
-            kw = dict(batch_sizes=None, reverse=False, **{k: m[None] for k, m in self.masks.items()})
-            x = self.input[None]
-            if self.cell.startswith("lstm"):
-                weights, variant = self.weight_args()
-                return reference.lstm(x, hx, *weights, **kw, **variant)[1]
-            if OP[self.cell] == "gru":
-                weights, variant = self.weight_args()
-                return (reference.gru(x, hx, *weights, **kw, **variant)[1],)
-            return (reference.rnn(x, hx, *self.weights, nonlinearity=self.cell[4:], **kw)[1],)
         if self.cell.startswith("lstm"):
             weights, variant = self.weight_args()
             return module.lstm_cell(self.input, hx, *weights, **variant, **self.masks)
