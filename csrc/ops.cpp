@@ -145,6 +145,29 @@ void add_testing_hooks(pybind11::module_& m) {
         return fused_rnn::cpu::split_workers(steps, plan, lanes);
       },
       "The threads a CPU forward splits such steps over by hidden units (1: not split).");
+  m.def(
+      "set_onednn_step_weights", [](bool on) { fused_rnn::cpu::OneDnnWeight::enabled() = on; },
+      "Let bf16 per-step GEMMs multiply a weight oneDNN packed once per call (the default), or not.");
+  m.def(
+      "onednn_step_weights", [] { return fused_rnn::cpu::OneDnnWeight::usable(at::kBFloat16); },
+      "Whether bf16 per-step GEMMs multiply a weight oneDNN packed once per call on this CPU.");
+  m.def(
+      "nonlinearity",
+      [](const std::string& name, const at::Tensor& x) {
+        TORCH_CHECK(name == "tanh" || name == "sigmoid", "nonlinearity: tanh or sigmoid, not ", name);
+        at::Tensor y = x.contiguous().clone();
+        AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "nonlinearity", [&] {
+          using V = at::vec::Vectorized<scalar_t>;
+          scalar_t* p = y.data_ptr<scalar_t>();
+          for (int64_t i = 0; i < y.numel(); i += V::size()) {
+            const int64_t count = std::min<int64_t>(V::size(), y.numel() - i);
+            const V v = V::loadu(p + i, count);
+            (name == "tanh" ? fused_rnn::Math<V>::tanh(v) : fused_rnn::Math<V>::sigmoid(v)).store(p + i, count);
+          }
+        });
+        return y;
+      },
+      "tanh or sigmoid of a float or double CPU tensor, as the CPU pointwise passes compute it.");
 }
 
 }  // namespace

@@ -18,6 +18,10 @@ OP = {cell: cell.split("_")[0] for cell in CELLS}
 GATES = {cell: _ops.SPECS[op].gates for cell, op in OP.items()}
 LENGTHS = [5, 5, 3, 1]  # packed case: unequal lengths, with a tie
 LOW_PRECISION = [torch.float16, torch.bfloat16]
+# relu's derivative jumps at 0: a pre-activation within rounding of 0 can take the other side
+# in fp16/bf16 and move the gradient by O(1) there, so relu's low-precision gradients are only
+# checked to be finite (the same template code is checked in fp32/fp64).
+LOW_PRECISION_GRADS_UNCHECKED = {"rnn_relu"}
 
 # Every cell x bias x padded/packed x forward/reverse, with its ids.
 GRID = list(itertools.product(CELLS, [True, False], [False, True], [False, True]))

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["default", "avx2", "avx512"]  # ATen's CPU capabilities this project builds, narrow to wide
 # The core CPU checks: every op against the reference (values, gradients, gradcheck), the CPU
 # paths (split steps, GEMM routes) and the cells.
-CORE = ["tests/test_ops_numerics.py", "tests/test_ops_cpu_paths.py", "tests/test_cells.py"]
+CORE = ["tests/test_ops_numerics.py", "tests/test_ops_cpu_paths.py", "tests/test_cells.py", "tests/test_cpu_math.py"]
 
 
 def machine_level():

@@ -1,5 +1,6 @@
 """CPU-only paths of the ops: the per-step GEMMs (packed weights, dot products of rows), a
 forward's steps split over threads by hidden units, and the per-thread scratch memory."""
+import sys
 import threading
 
 import pytest
@@ -9,7 +10,16 @@ import fused_rnn
 from fused_rnn import _ops, functional
 
 from checks import assert_close
-from op_cases import CELLS, GATES, check_against_reference, compare, make_case, nn_scaled, projected
+from op_cases import (
+    CELLS,
+    GATES,
+    LOW_PRECISION_GRADS_UNCHECKED,
+    check_against_reference,
+    compare,
+    make_case,
+    nn_scaled,
+    projected,
+)
 
 pytestmark = pytest.mark.usefixtures("poison_buffers")
 
@@ -184,3 +194,28 @@ def test_scratch_kept_from_inference_mode(cell):
     with torch.inference_mode():
         case.run(functional)
     check_against_reference(case)
+
+
+# bfloat16 steps multiply W_hh (forward) and W_hh^T (backward) packed once per call by oneDNN
+# (cpu/onednn_weight.h) on CPUs that multiply bf16 in hardware; elsewhere, and when tests turn
+# it off, ATen's mm. Both routes against the reference, padded and packed input (steps of
+# fewer rows than the weight was packed for).
+@pytest.fixture
+def onednn_step_weights():
+    yield
+    _ops._C.testing.set_onednn_step_weights(True)
+
+
+def test_onednn_bf16_route_where_the_cpu_has_bf16():
+    flags = open("/proc/cpuinfo").read() if sys.platform == "linux" else ""
+    hardware = any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+    assert _ops._C.testing.onednn_step_weights() == (hardware and torch.backends.mkldnn.is_available())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "aten"])
+def test_bfloat16_step_weight_routes(onednn_step_weights, cell, packed, onednn):
+    _ops._C.testing.set_onednn_step_weights(onednn)
+    case = nn_scaled(make_case(cell, packed=packed, reverse=True, dtype=torch.bfloat16, T=6, B=9, I=11, H=37))
+    check_against_reference(case, check_grads=cell not in LOW_PRECISION_GRADS_UNCHECKED)

@@ -9,17 +9,23 @@ import torch
 from fused_rnn import _ops, functional, reference
 
 from checks import DEVICES, DTYPE_IDS, assert_close
-from op_cases import CELLS, GRID, GRID_IDS, LOW_PRECISION, check_against_reference, compare, make_case, nn_scaled
+from op_cases import (
+    CELLS,
+    GRID,
+    GRID_IDS,
+    LOW_PRECISION,
+    LOW_PRECISION_GRADS_UNCHECKED,
+    check_against_reference,
+    compare,
+    make_case,
+    nn_scaled,
+)
 
 pytestmark = pytest.mark.usefixtures("poison_buffers")
 
 # The float32 and low-precision sizes: H = 37 ends in a partial SIMD vector (CPU) and is no
 # multiple of a CUDA thread's units.
 SIZES = dict(H=37, I=11, B=4)
-# relu's derivative jumps at 0: a pre-activation within rounding of 0 can take the other side
-# in fp16/bf16 and move the gradient by O(1) there, so relu's low-precision gradients are only
-# checked to be finite (the same template code is checked in fp32/fp64).
-LOW_PRECISION_GRADS_UNCHECKED = {"rnn_relu"}
 
 
 @pytest.mark.parametrize("cell,bias,packed,reverse", GRID, ids=GRID_IDS)

@@ -7,16 +7,17 @@
 
 #include "../device.h"
 #include "gemm.h"
+#include "onednn_weight.h"
 #include "packed_gemm.h"
 
 namespace fused_rnn::cpu {
 
 // out (+)= a @ b, a = a step's rows. Steps multiply a copy of b packed once per op call
-// (packed_gemm.h): oneDNN and MKL re-read b in its own layout on every call, which costs more
-// than the arithmetic at a few rows and, measured at B = 64, H = 512, still 10% at many. A
-// sequence shorter than kMinPackedSteps does not repay the packing and calls gemm().
-// `groups`: b's columns are that many equal groups (the gates of W_hh^T), packed so that a
-// thread of a split step multiplies the columns of its units in every group (Units).
+// (float and double: packed_gemm.h; bfloat16 where the CPU multiplies it: onednn_weight.h): oneDNN and MKL re-read b in
+// its own layout on every call, which costs more than the arithmetic at a few rows and, measured at B = 64, H = 512,
+// still 10% at many. A sequence shorter than kMinPackedSteps does not repay the packing and calls gemm(). `groups`: b's
+// columns are that many equal groups (the gates of W_hh^T), packed so that a thread of a split step multiplies the
+// columns of its units in every group (Units).
 class StepWeight {
  public:
   static constexpr int64_t kMinPackedSteps = 4;
@@ -25,6 +26,7 @@ class StepWeight {
     if (steps < kMinPackedSteps) return;
     if (b.scalar_type() == at::kFloat) f32_.emplace(b, groups);
     if (b.scalar_type() == at::kDouble) f64_.emplace(b, groups);
+    if (b.numel() > 0 && OneDnnWeight::usable(b.scalar_type())) bf16_.emplace(b);
   }
 
   void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate, const Units& units = {}) const {
@@ -37,6 +39,9 @@ class StepWeight {
       f32_->multiply(out, a, accumulate);
     } else if (f64_ && rows_contiguous) {
       f64_->multiply(out, a, accumulate);
+    } else if (bf16_ && a.is_contiguous()) {
+      const at::Tensor product = bf16_->multiply(a);
+      accumulate ? out.add_(product) : out.copy_(product);
     } else {
       cpu::gemm(out, a, b_, accumulate);
     }
@@ -46,6 +51,7 @@ class StepWeight {
   at::Tensor b_;
   std::optional<PackedWeight<float>> f32_;
   std::optional<PackedWeight<double>> f64_;
+  std::optional<OneDnnWeight> bf16_;
 };
 
 }  // namespace fused_rnn::cpu
