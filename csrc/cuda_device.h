@@ -72,6 +72,10 @@ struct CudaDevice {
       TORCH_INTERNAL_ASSERT(!units.split);
       CudaDevice::gemm(out, a, b_, accumulate);
     }
+    at::Tensor product(at::Tensor& out, const at::Tensor& a, const Units& units = {}) const {
+      gemm(out, a, false, units);
+      return out;
+    }
 
    private:
     at::Tensor b_;

@@ -16,11 +16,14 @@
 //   class StepWeight {
 //     StepWeight(const at::Tensor& b, int64_t steps, int64_t groups = 1);
 //     void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate, const Units& units = {}) const;
+//     at::Tensor product(at::Tensor& out, const at::Tensor& a, const Units& units = {}) const;
 //   };
 //       The weight b of a GEMM that every step repeats (h W_hh^T, h W_hr^T, dG W_hh), made
 //       once per op call for `steps` steps; b's columns are `groups` equal groups (the gates).
 //       gemm() multiplies a step's rows; with units.split it computes only the columns of
 //       units [begin, end) of every group (a device that never splits asserts !units.split).
+//       product() is gemm() without accumulation that returns the result: `out`, or a tensor of
+//       out's shape that a packed weight's library produced itself (saves the copy into out).
 //
 //   template <class T, class Body> static void for_each_step(int64_t n_steps, const StepPlan& plan, Body&& body);
 //       Runs body(k, units, sync) for k = 0 .. n_steps - 1 in order. The device decides how:

@@ -241,7 +241,7 @@ struct NormWeights {
 // The tensors a layer's forward works on, and the pointer block of one step over them.
 struct ForwardBuffers {
   Tensor x_gates;     // [N, G*H] all steps' x W_ih^T (scratch; biases are added by the pass)
-  Tensor h_gates;     // [B, G*H] this step's h_prev W_hh^T
+  Tensor h_gates;     // [B, G*H] this step's h_prev W_hh^T, unless the GEMM returns its own
   Tensor b_ih, b_hh;  // contiguous, or undefined
   Tensor w_ch;        // peephole LSTM: contiguous, or undefined
   NormWeights norm;   // layer-normalized cells
@@ -277,15 +277,16 @@ struct ForwardBuffers {
     }
   }
 
+  // h_gates_rows: the step's h_prev W_hh^T ([rows, G*H], contiguous).
   template <class T>
-  ForwardStep<T> step(const StepRows& st) const {
+  ForwardStep<T> step(const StepRows& st, const Tensor& h_gates_rows) const {
     const int64_t H = hidden, P = state, GH = gates * hidden;
     ForwardStep<T> a;
     a.rows = st.rows;
     a.hidden = H;
     a.x_gates = ptr<T>(x_gates) + st.offset * GH;
     a.x_stride = GH;
-    a.h_gates = ptr<T>(h_gates);
+    a.h_gates = ptr<T>(h_gates_rows);
     a.h_stride = GH;
     a.bias_ih = ptr<T>(b_ih);
     a.bias_hh = ptr<T>(b_hh);
@@ -370,7 +371,7 @@ LayerOutputs layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
       const Tensor h_prev = first_rows(b.h_state, st.rows);
       const Tensor gemm_input = l.masks.dropout() ? first_rows(b.h_dropped, st.rows) : h_prev;
       Tensor h_gates_rows = first_rows(b.h_gates, st.rows);
-      w_hh_step.gemm(h_gates_rows, gemm_input, false, units);
+      const Tensor h_gates = w_hh_step.product(h_gates_rows, gemm_input, units);
       sync();  // the pass below overwrites h_state (h_dropped), which the GEMM of every split reads
       // h_prev (and the GEMM's input) is kept for backward: by the pointwise pass, which reads
       // h_state anyway, except for a projected LSTM, whose state has another width than the pass.
@@ -379,7 +380,7 @@ LayerOutputs layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
         ws_rows.narrow(1, l.layout.h_prev_col, l.s.state).copy_(h_prev);
         if (l.masks.dropout()) ws_rows.narrow(1, l.layout.dropped_col, l.s.state).copy_(gemm_input);
       }
-      Device::template forward_step<Cell, T>(b.step<T>(st), units);
+      Device::template forward_step<Cell, T>(b.step<T>(st, h_gates), units);
       if (l.proj) {
         Tensor out_rows = b.out2d.narrow(0, st.offset, st.rows);
         w_hr_step->gemm(out_rows, b.h_unprojected(st), false);

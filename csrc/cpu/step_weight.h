@@ -40,11 +40,18 @@ class StepWeight {
     } else if (f64_ && rows_contiguous) {
       f64_->multiply(out, a, accumulate);
     } else if (bf16_ && a.is_contiguous()) {
-      const at::Tensor product = bf16_->multiply(a);
-      accumulate ? out.add_(product) : out.copy_(product);
+      const at::Tensor result = bf16_->multiply(a);
+      accumulate ? out.add_(result) : out.copy_(result);
     } else {
       cpu::gemm(out, a, b_, accumulate);
     }
+  }
+
+  // a @ b: oneDNN's own result for a bf16 weight (no copy into out), else out, filled.
+  at::Tensor product(at::Tensor& out, const at::Tensor& a, const Units& units = {}) const {
+    if (bf16_ && a.is_contiguous() && !units.split) return bf16_->multiply(a);
+    gemm(out, a, false, units);
+    return out;
   }
 
  private:

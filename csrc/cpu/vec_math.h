@@ -3,49 +3,31 @@
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "../cells/common.h"
 
 namespace fused_rnn {
 
-// tanh of a float vector as x P(x^2) / Q(x^2), P and Q of degree 4, with x clamped to [-9, 9]
-// (beyond, tanh is 1 to within 3.1e-8, under half a float's spacing below 1). The coefficients
-// minimize the largest relative error on [0, 9] (a least-squares fit of x P - tanh(x) Q,
-// reweighted toward its largest errors until they level out, Lawson's method): 2e-8 in exact
-// arithmetic, 3.2e-7 after float32 rounding (tests/test_cpu_math.py checks it on a dense grid),
-// where Sleef's tanhf u35 promises 3.5 ULP (2.1e-7). Nine FMAs and a division: measured on the
-// project's AVX-512 Xeon at 4.7 against Sleef's 11.6 ns per 16 floats, and tanh is the largest
-// cost of an LSTM step's pointwise pass (two per unit). NaN stays NaN: the clamp propagates it.
-inline at::vec::Vectorized<float> tanh_rational(at::vec::Vectorized<float> x) {
-  using V = at::vec::Vectorized<float>;
-  x = at::vec::clamp(x, V(-9.0f), V(9.0f));
-  const V t = x * x;
-  V p(1.34193141e-08f);
-  p = at::vec::fmadd(p, t, V(2.06609802e-05f));
-  p = at::vec::fmadd(p, t, V(3.49898350e-03f));
-  p = at::vec::fmadd(p, t, V(1.33839714e-01f));
-  p = at::vec::fmadd(p, t, V(1.0f));
-  V q(7.80454462e-07f);
-  q = at::vec::fmadd(q, t, V(3.29101443e-04f));
-  q = at::vec::fmadd(q, t, V(2.58901637e-02f));
-  q = at::vec::fmadd(q, t, V(4.67172929e-01f));
-  q = at::vec::fmadd(q, t, V(1.0f));
-  return x * p / q;
-}
-
-// double keeps Sleef's tanh to 3.5 ULP (ATen's Vectorized::tanh is the slower 1-ULP u10): the
-// float64 path is the one gradcheck proves against the reference.
+// tanh to 3.5 ULP (Sleef's u35; ATen's Vectorized::tanh is the 1-ULP u10). Measured on the
+// project's AVX-512 CPU: 6.0 against 21.4 ns per 16 floats, the largest cost of an LSTM step's
+// pointwise pass; 3.5 ULP is a relative error under 4.2e-7 in float32. (A rational x P(x^2) /
+// Q(x^2) of degree 4 / 4 ran 2.4x faster at 3.3e-7 at most, but 2.5x Sleef's mean error: a
+// float32 layer-normalized cell of one unit then missed its bound of twice plain PyTorch's
+// error, tests/test_ops_numerics.py::test_tiny_sizes.)
 #if defined(CPU_CAPABILITY_AVX512)
+inline at::vec::Vectorized<float> tanh_vec(const at::vec::Vectorized<float>& x) { return Sleef_tanhf16_u35(x); }
 inline at::vec::Vectorized<double> tanh_vec(const at::vec::Vectorized<double>& x) { return Sleef_tanhd8_u35(x); }
 #elif defined(CPU_CAPABILITY_AVX2)
+inline at::vec::Vectorized<float> tanh_vec(const at::vec::Vectorized<float>& x) { return Sleef_tanhf8_u35(x); }
 inline at::vec::Vectorized<double> tanh_vec(const at::vec::Vectorized<double>& x) { return Sleef_tanhd4_u35(x); }
 #else
-inline at::vec::Vectorized<double> tanh_vec(const at::vec::Vectorized<double>& x) {
+template <class T>
+at::vec::Vectorized<T> tanh_vec(const at::vec::Vectorized<T>& x) {
   return x.tanh();  // no Sleef in the scalar build: ATen's own
 }
 #endif
-inline at::vec::Vectorized<float> tanh_vec(const at::vec::Vectorized<float>& x) { return tanh_rational(x); }
 
 template <class T>
 struct Math<at::vec::Vectorized<T>> {
@@ -69,15 +51,84 @@ struct VecIO {
   void store(T* p, const V& v) const { v.store(p, count); }
 };
 
+// One float vector of bfloat16 / float16 values at p (count of them), converted in registers.
+// ATen's Vectorized<BFloat16> holds two float vectors' worth, so loading or storing one float
+// vector through it is always a partial access, which ATen does through a stack buffer and
+// memcpy, and its store converts both halves: measured on the project's Xeon, those were a
+// third of a bf16 LSTM step's pass. AVX-512 (BW, VL) masks the tail in the load and store
+// themselves; AVX2 converts 8 values in registers and copies only a partial tail.
+#if defined(CPU_CAPABILITY_AVX512)
+template <class T>
+inline at::vec::Vectorized<float> load_reduced(const T* p, int64_t count) {
+  const __mmask16 lanes = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+  const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
+  __m512 v;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    at::vec::cvtbf16_fp32(bits, v);
+  } else {
+    at::vec::cvtfp16_fp32(bits, v);
+  }
+  return v;
+}
+template <class T>
+inline void store_reduced(T* p, const at::vec::Vectorized<float>& v, int64_t count) {
+  const __mmask16 lanes = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    _mm256_mask_storeu_epi16(p, lanes, at::vec::cvtfp32_bf16(__m512(v)));
+  } else {
+    _mm256_mask_storeu_epi16(p, lanes, at::vec::cvtfp32_fp16(__m512(v)));
+  }
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+template <class T>
+inline at::vec::Vectorized<float> load_reduced(const T* p, int64_t count) {
+  __m128i bits;
+  if (count >= 8) {
+    bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  } else {
+    alignas(16) T tail[8] = {};
+    std::copy(p, p + count, tail);
+    bits = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+  }
+  __m256 v;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    at::vec::cvtbf16_fp32(bits, v);
+  } else {
+    at::vec::cvtfp16_fp32(bits, v);
+  }
+  return v;
+}
+template <class T>
+inline void store_reduced(T* p, const at::vec::Vectorized<float>& v, int64_t count) {
+  __m128i bits;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    bits = at::vec::cvtfp32_bf16(__m256(v));
+  } else {
+    bits = at::vec::cvtfp32_fp16(__m256(v));
+  }
+  if (count >= 8) return _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
+  alignas(16) T tail[8];
+  _mm_store_si128(reinterpret_cast<__m128i*>(tail), bits);
+  std::copy(tail, tail + count, p);
+}
+#else
+// The scalar build: through ATen's conversions (half a Vectorized<T> is one float vector).
+template <class T>
+inline at::vec::Vectorized<float> load_reduced(const T* p, int64_t count) {
+  return std::get<0>(at::vec::convert_to_float<T>(at::vec::Vectorized<T>::loadu(p, count)));
+}
+template <class T>
+inline void store_reduced(T* p, const at::vec::Vectorized<float>& v, int64_t count) {
+  at::vec::convert_from_float<T>(v, v).store(p, count);
+}
+#endif
+
 template <class T>
 struct VecIO<T, true> {
   using V = at::vec::Vectorized<float>;
   int64_t count;
-  // Through ATen's vector conversions (half a Vectorized<T> is one float vector): at::vec::convert
-  // over a float buffer is a scalar loop, and took most of a bf16 step at B = 64, H = 512.
-  using Reduced = at::vec::Vectorized<T>;
-  V load(const T* p) const { return std::get<0>(at::vec::convert_to_float<T>(Reduced::loadu(p, count))); }
-  void store(T* p, const V& v) const { at::vec::convert_from_float<T>(v, v).store(p, count); }
+  V load(const T* p) const { return load_reduced(p, count); }
+  void store(T* p, const V& v) const { store_reduced(p, v, count); }
 };
 
 }  // namespace fused_rnn
