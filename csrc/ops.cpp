@@ -152,6 +152,12 @@ void add_testing_hooks(pybind11::module_& m) {
       "onednn_step_weights", [] { return fused_rnn::cpu::OneDnnWeight::usable(at::kBFloat16); },
       "Whether bf16 per-step GEMMs multiply a weight oneDNN packed once per call on this CPU.");
   m.def(
+      "onednn_step_weight_pays",
+      [](int64_t rows, int64_t columns, int64_t steps) {
+        return fused_rnn::cpu::OneDnnWeight::pays(at::empty({rows, columns}, at::kBFloat16), steps);
+      },
+      "Whether a bf16 step weight of that shape is packed by oneDNN for a call of `steps` steps.");
+  m.def(
       "nonlinearity",
       [](const std::string& name, const at::Tensor& x) {
         TORCH_CHECK(name == "tanh" || name == "sigmoid", "nonlinearity: tanh or sigmoid, not ", name);

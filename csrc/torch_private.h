@@ -3,7 +3,11 @@
 // torch range agrees with it). The private Python APIs are listed in fused_rnn/_torch_private.py.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+
+#include <optional>
+#include <string_view>
 
 namespace at::native {
 // ATen's oneDNN matmul: result = beta * result + alpha * mat1 @ mat2. Exported by
@@ -32,6 +36,24 @@ inline bool mkldnn_matmul_usable() {
     }
   }();
   return usable;
+}
+
+// oneDNN's packed linear, as torch registers it for inductor's frozen linears (not a public
+// API; schemas checked against torch 2.13): mkldnn::_reorder_linear_weight packs W [n, k] into
+// oneDNN's layout (an opaque MKLDNN tensor), mkldnn::_linear_pointwise computes a @ W^T with it
+// into a new tensor. Call only when at::hasMKLDNN().
+inline at::Tensor onednn_reorder_linear_weight(const at::Tensor& w) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
+                             .typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>();
+  return op.call(w, std::nullopt);
+}
+inline at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& packed) {
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, std::string_view,
+                               c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>);
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "").typed<Signature>();
+  return op.call(a, packed, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
 }
 
 }  // namespace fused_rnn

@@ -117,9 +117,11 @@ class Case:
 
 
 def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64, device="cpu",
-              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0, scale=0.5, step=False, hx=True, masks=()):
+              T=5, B=4, I=3, H=5, P=3, requires_grad=True, seed=0, scale=0.5, step=False, hx=True, masks=(),
+              lengths=None):
     """A layer case, or with step=True one step of the cell (input [B, I]); hx=False: no states
-    (the ops' hx=None, zeros). masks: regularizers given random masks, of "zoneout" (Bernoulli
+    (the ops' hx=None, zeros); packed: sequences of `lengths` (B of them, decreasing), by
+    default LENGTHS'. masks: regularizers given random masks, of "zoneout" (Bernoulli
     with p = 0.3: h, and the LSTM's c) and "dropout" (recurrent dropout with p = 0.3)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -131,7 +133,7 @@ def make_case(cell, bias=True, packed=False, reverse=False, dtype=torch.float64,
     state = P if projected(cell) else H
     batch_sizes = None
     if packed:
-        lengths = torch.tensor(LENGTHS[:B] + [1] * max(0, B - len(LENGTHS)))[:B]
+        lengths = torch.tensor(lengths or LENGTHS[:B] + [1] * max(0, B - len(LENGTHS)))[:B]
         T = int(lengths.max())
         batch_sizes = torch.tensor([int((lengths > t).sum()) for t in range(T)], dtype=torch.int64)
         x = rand(int(lengths.sum()), I)

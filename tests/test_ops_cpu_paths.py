@@ -197,9 +197,11 @@ def test_scratch_kept_from_inference_mode(cell):
 
 
 # bfloat16 steps multiply W_hh (forward) and W_hh^T (backward) packed once per call by oneDNN
-# (cpu/onednn_weight.h) on CPUs that multiply bf16 in hardware; elsewhere, and when tests turn
-# it off, ATen's mm. Both routes against the reference, padded and packed input (steps of
-# fewer rows than the weight was packed for).
+# (cpu/onednn_weight.h) on CPUs that multiply bf16 in hardware, for calls of 32+ steps and
+# weights of 16384+ elements; elsewhere, and when tests turn it off, ATen's mm. Both routes
+# against the reference, padded and packed input (steps of fewer rows than the first);
+# H = 130 ends in a partial SIMD vector and makes even RNN's W_hh (130 x 130) large enough,
+# as P = 127 does a projected LSTM's.
 @pytest.fixture
 def onednn_step_weights():
     yield
@@ -217,5 +219,10 @@ def test_onednn_bf16_route_where_the_cpu_has_bf16():
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "aten"])
 def test_bfloat16_step_weight_routes(onednn_step_weights, cell, packed, onednn):
     _ops._C.testing.set_onednn_step_weights(onednn)
-    case = nn_scaled(make_case(cell, packed=packed, reverse=True, dtype=torch.bfloat16, T=6, B=9, I=11, H=37))
+    H, P, T = 130, 127, 33
+    case = nn_scaled(make_case(cell, packed=packed, reverse=True, dtype=torch.bfloat16, T=T, B=9, I=11, H=H, P=P,
+                               lengths=[T, T, 30, 21, 21, 8, 3, 1, 1]))
+    state = P if projected(cell) else H
+    routed = _ops._C.testing.onednn_step_weight_pays(GATES[cell] * H, state, T)
+    assert routed == _ops._C.testing.onednn_step_weights(), "the case no longer exercises the oneDNN route"
     check_against_reference(case, check_grads=cell not in LOW_PRECISION_GRADS_UNCHECKED)

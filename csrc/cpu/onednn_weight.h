@@ -2,24 +2,24 @@
 //
 // ATen's bf16 mm hands each call to oneDNN as a new problem, which re-lays W out for AMX or
 // avx512_bf16 on every step. Measured on the project's Xeon (AMX, 2 threads), one step of
-// h W_hh^T at B = 64, H = 512 (LSTM): 163 us through at::mm_out, 98 us with W packed once
-// (113 us with the copy into the step's buffer); backward's dG W_hh 147 against 84 us; at
-// B = 8, 91 against 41 us. float16 has no such gain on CPUs without AMX-FP16 (500 against
-// 461 us) and keeps ATen's mm.
+// h W_hh^T at B = 64, H = 512 (LSTM): 163 us through at::mm_out, 98 us with W packed once;
+// backward's dG W_hh 147 against 84 us; at B = 8, 91 against 41 us; at B = 1, H = 256, 36
+// against 22 us. The packing itself costs 0.14 ms at H = 64, 0.4 ms at H = 256 and 1.5 ms at
+// H = 512 (plus 0.7 ms to transpose W_hh for backward's product), so it pays from about 30
+// steps on (kMinSteps); a weight of fewer than kMinElements elements (where ATen's own small
+// GEMM takes 4 us a step, against oneDNN's 16) never does. float16 has no such gain on CPUs
+// without AMX-FP16 (500 against 461 us) and keeps ATen's mm.
 //
 // The packing and the product are oneDNN's own, reached through the ops torch registers for
-// inductor's frozen linears (mkldnn::_reorder_linear_weight, mkldnn::_linear_pointwise);
-// their schemas are checked against torch 2.11 and 2.13 (csrc/torch_private.h's rule).
+// inductor's frozen linears (csrc/torch_private.h).
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-
-#include <optional>
-#include <string_view>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+
+#include "../torch_private.h"
 
 namespace fused_rnn::cpu {
 
@@ -41,23 +41,16 @@ inline bool bf16_hardware() {
 
 class OneDnnWeight {
  public:
-  using Reorder = at::Tensor(const at::Tensor&, std::optional<int64_t>);
-  using Linear = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, std::string_view,
-                            c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>);
-  static const c10::TypedOperatorHandle<Reorder>& reorder() {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "").typed<Reorder>();
-    return op;
-  }
-  static const c10::TypedOperatorHandle<Linear>& linear() {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "").typed<Linear>();
-    return op;
-  }
+  static constexpr int64_t kMinSteps = 32;
+  static constexpr int64_t kMinElements = 16384;
 
   // b: [k, n], the right factor of out = a @ b (W^T as a view of W included).
-  explicit OneDnnWeight(const at::Tensor& b)
-      : packed_(reorder().call(b.t().contiguous(), std::nullopt)), n_(b.size(1)) {}
+  explicit OneDnnWeight(const at::Tensor& b) : packed_(onednn_reorder_linear_weight(b.t().contiguous())) {}
+
+  // Whether b is packed for `steps` steps: where it pays (above) and runs.
+  static bool pays(const at::Tensor& b, int64_t steps) {
+    return steps >= kMinSteps && b.numel() >= kMinElements && usable(b.scalar_type());
+  }
 
   // Whether a weight of this dtype is packed here: bf16 on CPUs that multiply it in hardware,
   // when this torch's oneDNN ops run (probed once with the smallest product).
@@ -82,15 +75,10 @@ class OneDnnWeight {
   }
 
   // a @ b, a new [m, n] tensor; a's rows contiguous.
-  at::Tensor multiply(const at::Tensor& a) const {
-    return linear().call(a, packed_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
-  }
-
-  int64_t columns() const { return n_; }
+  at::Tensor multiply(const at::Tensor& a) const { return onednn_linear(a, packed_); }
 
  private:
   at::Tensor packed_;  // oneDNN's layout of W = b^T [n, k]
-  int64_t n_;
 };
 
 }  // namespace fused_rnn::cpu

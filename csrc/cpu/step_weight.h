@@ -26,7 +26,7 @@ class StepWeight {
     if (steps < kMinPackedSteps) return;
     if (b.scalar_type() == at::kFloat) f32_.emplace(b, groups);
     if (b.scalar_type() == at::kDouble) f64_.emplace(b, groups);
-    if (b.numel() > 0 && OneDnnWeight::usable(b.scalar_type())) bf16_.emplace(b);
+    if (OneDnnWeight::pays(b, steps)) bf16_.emplace(b);
   }
 
   void gemm(at::Tensor& out, const at::Tensor& a, bool accumulate, const Units& units = {}) const {
