@@ -39,9 +39,10 @@ inline bool mkldnn_matmul_usable() {
 }
 
 // oneDNN's packed linear, as torch registers it for inductor's frozen linears (not a public
-// API; schemas checked against torch 2.13): mkldnn::_reorder_linear_weight packs W [n, k] into
-// oneDNN's layout (an opaque MKLDNN tensor), mkldnn::_linear_pointwise computes a @ W^T with it
-// into a new tensor. Call only when at::hasMKLDNN().
+// API; schemas checked against torch 2.13, not yet 2.11): mkldnn::_reorder_linear_weight packs
+// W [n, k] into oneDNN's layout (an opaque MKLDNN tensor), mkldnn::_linear_pointwise computes
+// a @ W^T with it into a new tensor. A torch without them, or with other schemas, throws
+// c10::Error here, which cpu::OneDnnWeight::usable's probe turns into "not usable".
 inline at::Tensor onednn_reorder_linear_weight(const at::Tensor& w) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
