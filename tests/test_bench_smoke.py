@@ -337,3 +337,20 @@ def test_bench_regularizer_wrong_side_refused():
     p.modules["loop"].recurrent_dropout = 0.5
     with pytest.raises(regularizers.SidesDisagree, match="LSTMCell loop"):
         p.check("fwdbwd")
+
+
+def test_default_file_names_keep_runs_apart():
+    """Runs of other dtypes or under autocast get their own result files, never the float32 one's."""
+    from argparse import Namespace
+
+    from fused_rnn.bench.cli import default_out
+    env = {"date_utc": "2026-12-03T00:00:00", "device": "cpu", "device_name": "Some CPU", "threads": 2}
+
+    def name(**given):
+        args = dict(section="layers", sweep="standard", tf32="off", autocast="off", null=False, quick=False,
+                    dtype=None)
+        return default_out(env, Namespace(**{**args, **given})).name
+
+    names = [name(), name(dtype=["bf16"]), name(dtype=["fp16", "bf16"]), name(autocast="bf16")]
+    assert names[0] == "2026-12-03-cpu-some-cpu-2t-standard.json" == name(dtype=["fp32"])
+    assert len(set(names)) == len(names), names

@@ -187,6 +187,7 @@ def default_out(env, args):
                       f"-tf32{args.tf32}" if env["device"] == "cuda" and args.tf32 != "off"
                       else "",
                       f"-autocast{args.autocast}" if args.autocast != "off" else "",
+                      f"-{'-'.join(args.dtype)}" if args.dtype not in (None, ["fp32"]) else "",
                       "-null" if args.null else ""])
     name = f"{date}-{device_slug(env)}{suffix}.json"
     if args.quick:  # a smoke run: nothing to keep in the repository
