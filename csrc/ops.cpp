@@ -159,21 +159,31 @@ void add_testing_hooks(pybind11::module_& m) {
       "Whether a bf16 step weight of that shape is packed by oneDNN for a call of `steps` steps.");
   m.def(
       "nonlinearity",
-      [](const std::string& name, const at::Tensor& x) {
+      [](const std::string& name, const at::Tensor& x, bool reduced_storage) {
         TORCH_CHECK(name == "tanh" || name == "sigmoid", "nonlinearity: tanh or sigmoid, not ", name);
+        TORCH_CHECK(!reduced_storage || x.scalar_type() == at::kFloat, "nonlinearity: reduced storage takes float");
         at::Tensor y = x.contiguous().clone();
         AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "nonlinearity", [&] {
           using V = at::vec::Vectorized<scalar_t>;
-          scalar_t* p = y.data_ptr<scalar_t>();
-          for (int64_t i = 0; i < y.numel(); i += V::size()) {
-            const int64_t count = std::min<int64_t>(V::size(), y.numel() - i);
-            const V v = V::loadu(p + i, count);
-            (name == "tanh" ? fused_rnn::Math<V>::tanh(v) : fused_rnn::Math<V>::sigmoid(v)).store(p + i, count);
+          const auto apply = [&](auto math) {
+            using M = decltype(math);
+            scalar_t* p = y.data_ptr<scalar_t>();
+            for (int64_t i = 0; i < y.numel(); i += V::size()) {
+              const int64_t count = std::min<int64_t>(V::size(), y.numel() - i);
+              const V v = V::loadu(p + i, count);
+              (name == "tanh" ? M::tanh(v) : M::sigmoid(v)).store(p + i, count);
+            }
+          };
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (reduced_storage) return apply(fused_rnn::CellMath<V, c10::BFloat16>());
           }
+          apply(fused_rnn::CellMath<V, scalar_t>());
         });
         return y;
       },
-      "tanh or sigmoid of a float or double CPU tensor, as the CPU pointwise passes compute it.");
+      pybind11::arg("name"), pybind11::arg("x"), pybind11::arg("reduced_storage") = false,
+      "tanh or sigmoid of a float or double CPU tensor, as the CPU pointwise passes compute it for "
+      "values stored in x's dtype, or with reduced_storage=True in bfloat16 or float16.");
 }
 
 }  // namespace

@@ -41,6 +41,16 @@ struct Math<double> {
   static FUSED_RNN_HD double relu_grad(double y, double dy) { return y <= 0.0 ? 0.0 : dy; }
 };
 
+// The nonlinearities a cell applies to values V stored as T: Math<V>, unless the device picks
+// others for a storage type (the CPU: a faster tanh for bfloat16 and float16 storage, whose
+// rounding is 10^4 times its error; cpu/vec_math.h).
+template <class V, class T>
+struct CellMathFor {
+  using type = Math<V>;
+};
+template <class V, class T>
+using CellMath = typename CellMathFor<V, T>::type;
+
 // Layer normalization inside a step (layer-normalized cells, cells/layer_norm.h): all null
 // for the others. Per-row scalars live in the workspace row (stride ForwardStep::ws_stride).
 template <class T>

@@ -21,7 +21,7 @@ struct GruCell {
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
-    using M = Math<V>;
+    using M = CellMath<V, T>;
     const int64_t H = a.hidden;
     const T* xg = a.x_gates + b * a.x_stride;
     const T* hg = a.h_gates + b * a.h_stride;

@@ -35,7 +35,7 @@ struct LstmCell {
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
-    using M = Math<V>;
+    using M = CellMath<V, T>;
     const int64_t H = a.hidden;
     V p[4];
     for (int k = 0; k < 4; ++k) p[k] = summed_preactivation<V>(a, b, k * H + j, io);
@@ -70,7 +70,7 @@ struct LstmCell {
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void backward(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
-    using M = Math<V>;
+    using M = CellMath<V, T>;
     const int64_t H = a.hidden;
     const V one(1);
     const auto dh_parts = hidden_grad<V>(a, b, j, io);
@@ -111,7 +111,7 @@ struct LstmCell {
   // in c_state and its o in h_out; h' = o * tanh(γ_c * ĉ' + β_c).
   template <class V, class T, class Row>
   static FUSED_RNN_HD void normalize_c_row(const ForwardStep<T>& a, int64_t b, const Row& row) {
-    using M = Math<V>;
+    using M = CellMath<V, T>;
     const int64_t H = a.hidden;
     const T* c = (a.norm.c_candidate ? a.norm.c_candidate : a.c_state) + b * H;
     const T* o = a.h_out + b * a.h_out_stride;
@@ -131,7 +131,7 @@ struct LstmCell {
   // path through ĉ' to c' added to grad_c_state: (g - mean(g) - ĉ' mean(g ĉ')) / σ, g = γ_c dL/dy.
   template <class V, class T, class Row>
   static FUSED_RNN_HD void normalize_c_row_backward(const BackwardStep<T>& a, int64_t b, const Row& row) {
-    using M = Math<V>;
+    using M = CellMath<V, T>;
     using S = typename Row::Scalar;
     const int64_t H = a.hidden;
     const T* w = a.ws + b * a.ws_stride;

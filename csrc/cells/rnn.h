@@ -20,7 +20,7 @@ struct RnnCell {
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void forward(const ForwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
-    using M = Math<V>;
+    using M = CellMath<V, T>;
     const V p = summed_preactivation<V>(a, b, j, io);
     const V h = kAct == Activation::kTanh ? M::tanh(p) : M::relu(p);
     if (a.ws) io.store(a.ws + b * a.ws_stride + j, h);
@@ -29,7 +29,7 @@ struct RnnCell {
 
   template <class V, class T, class IO>
   static FUSED_RNN_HD void backward(const BackwardStep<T>& a, int64_t b, int64_t j, const IO& io) {
-    using M = Math<V>;
+    using M = CellMath<V, T>;
     const auto dh = hidden_grad<V>(a, b, j, io);
     const V h = io.load(a.ws + b * a.ws_stride + j);
     const V dp = kAct == Activation::kTanh ? dh.fresh * (V(1) - h * h) : M::relu_grad(h, dh.fresh);
