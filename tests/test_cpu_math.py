@@ -12,9 +12,10 @@ from fused_rnn import _ops
 # sigmoid is 1 / (1 + exp(-x)) with ATen's 1-ULP exp, a few roundings more.
 TANH_RTOL = 3.5 * 2 ** -23
 SIGMOID_RTOL = 3e-7
-# bfloat16/float16 storage: the rational tanh measured 3.3e-7 at most, 4.7e-8 on average, where
-# the storage itself rounds to 2^-9 (bf16) or 2^-11 (fp16) relative.
-REDUCED_TANH_RTOL = 3.5e-7
+# bfloat16/float16 storage: the rational tanh measured 3.2e-7 at most with FMA (AVX2, AVX-512)
+# and 3.9e-7 in the scalar build (its fmadd rounds twice), 4.7e-8 on average, where the storage
+# itself rounds to 2^-9 (bf16) or 2^-11 (fp16) relative.
+REDUCED_TANH_RTOL = 4e-7
 REDUCED_TANH_MEAN = 6e-8
 
 
