@@ -93,12 +93,12 @@ struct VecIO {
 // memcpy, and its store converts both halves: measured on the project's Xeon, those were a
 // third of a bf16 LSTM step's pass. AVX-512 (BW, VL) masks the tail in the load and store
 // themselves; AVX2 converts 8 values in registers and copies only a partial tail.
-#if defined(CPU_CAPABILITY_AVX512)
-template <class T>
-inline at::vec::Vectorized<float> load_reduced(const T* p, int64_t count) {
-  const __mmask16 lanes = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
-  const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
-  __m512 v;
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// One float vector's worth of T's bits as floats, and back (ATen's in-register
+// conversions, overloaded by register width).
+template <class T, class Floats, class Bits>
+inline Floats to_floats(const Bits& bits) {
+  Floats v;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     at::vec::cvtbf16_fp32(bits, v);
   } else {
@@ -106,42 +106,37 @@ inline at::vec::Vectorized<float> load_reduced(const T* p, int64_t count) {
   }
   return v;
 }
+template <class T, class Floats>
+inline auto from_floats(const Floats& v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    return at::vec::cvtfp32_bf16(v);
+  } else {
+    return at::vec::cvtfp32_fp16(v);
+  }
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512)
+inline __mmask16 first_lanes(int64_t count) { return count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1); }
+template <class T>
+inline at::vec::Vectorized<float> load_reduced(const T* p, int64_t count) {
+  return to_floats<T, __m512>(_mm256_maskz_loadu_epi16(first_lanes(count), p));
+}
 template <class T>
 inline void store_reduced(T* p, const at::vec::Vectorized<float>& v, int64_t count) {
-  const __mmask16 lanes = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    _mm256_mask_storeu_epi16(p, lanes, at::vec::cvtfp32_bf16(__m512(v)));
-  } else {
-    _mm256_mask_storeu_epi16(p, lanes, at::vec::cvtfp32_fp16(__m512(v)));
-  }
+  _mm256_mask_storeu_epi16(p, first_lanes(count), from_floats<T>(__m512(v)));
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 template <class T>
 inline at::vec::Vectorized<float> load_reduced(const T* p, int64_t count) {
-  __m128i bits;
-  if (count >= 8) {
-    bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  } else {
-    alignas(16) T tail[8] = {};
-    std::copy(p, p + count, tail);
-    bits = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
-  }
-  __m256 v;
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    at::vec::cvtbf16_fp32(bits, v);
-  } else {
-    at::vec::cvtfp16_fp32(bits, v);
-  }
-  return v;
+  if (count >= 8) return to_floats<T, __m256>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  alignas(16) T tail[8] = {};
+  std::copy(p, p + count, tail);
+  return to_floats<T, __m256>(_mm_load_si128(reinterpret_cast<const __m128i*>(tail)));
 }
 template <class T>
 inline void store_reduced(T* p, const at::vec::Vectorized<float>& v, int64_t count) {
-  __m128i bits;
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    bits = at::vec::cvtfp32_bf16(__m256(v));
-  } else {
-    bits = at::vec::cvtfp32_fp16(__m256(v));
-  }
+  const __m128i bits = from_floats<T>(__m256(v));
   if (count >= 8) return _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
   alignas(16) T tail[8];
   _mm_store_si128(reinterpret_cast<__m128i*>(tail), bits);
