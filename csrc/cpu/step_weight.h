@@ -12,12 +12,14 @@
 
 namespace fused_rnn::cpu {
 
-// out (+)= a @ b, a = a step's rows. Steps multiply a copy of b packed once per op call
-// (float and double: packed_gemm.h; bfloat16 where the CPU multiplies it: onednn_weight.h): oneDNN and MKL re-read b in
-// its own layout on every call, which costs more than the arithmetic at a few rows and, measured at B = 64, H = 512,
-// still 10% at many. A sequence shorter than kMinPackedSteps does not repay the packing and calls gemm(). `groups`: b's
-// columns are that many equal groups (the gates of W_hh^T), packed so that a thread of a split step multiplies the
-// columns of its units in every group (Units).
+// out (+)= a @ b, a = a step's rows. Steps multiply a copy of b packed once per op call:
+// float and double in our panels (packed_gemm.h), bfloat16 by oneDNN where the CPU multiplies
+// it and the call is long enough (onednn_weight.h). oneDNN and MKL re-read b in its own layout
+// on every call, which costs more than the arithmetic at a few rows and, measured at B = 64,
+// H = 512, still 10% at many. A sequence shorter than kMinPackedSteps does not repay the
+// packing and calls gemm(). `groups`: b's columns are that many equal groups (the gates of
+// W_hh^T), packed so that a thread of a split step multiplies the columns of its units in
+// every group (Units).
 class StepWeight {
  public:
   static constexpr int64_t kMinPackedSteps = 4;
