@@ -41,12 +41,12 @@ struct Math<at::vec::Vectorized<T>> {
 // on [0, 9] (least squares of x P - tanh(x) Q, reweighted toward the largest errors until they
 // level out: Lawson's method; docs/fit_tanh.py derives them): 2e-8 in exact arithmetic; after
 // float32 rounding 3.2e-7 at most (3.9e-7 in the scalar build, whose fmadd rounds twice) and
-// 4.7e-8 on average, against Sleef's u35 at 2.2e-7 and 1.8e-8. Nine FMAs and a division: 4.7 against 11.6 ns per 16
-// floats on the project's AVX-512 Xeon. Float32 storage keeps Sleef's: with this one, a
-// float32 layer-normalized cell of one unit reached 2.06x plain PyTorch's gradient error,
-// over the 2x bound of tests/test_ops_numerics.py::test_tiny_sizes. bfloat16 and float16
-// storage round to 2^-9 and 2^-11, 10^4 times this error, and take it (tests/test_cpu_math.py
-// checks both). NaN stays NaN: the clamp propagates it.
+// 4.7e-8 on average, against Sleef's u35 at 2.2e-7 and 1.8e-8. Nine FMAs and a division: 4.7
+// against 11.6 ns per 16 floats on the project's AVX-512 Xeon. Float32 storage keeps Sleef's:
+// with this one, a float32 layer-normalized cell of one unit reached 2.06x plain PyTorch's
+// gradient error, over the 2x bound of tests/test_ops_numerics.py::test_tiny_sizes.
+// bfloat16 and float16 storage round to 2^-9 and 2^-11, 10^4 times this error, and take it
+// (tests/test_cpu_math.py checks both). NaN stays NaN: the clamp propagates it.
 inline at::vec::Vectorized<float> tanh_rational(at::vec::Vectorized<float> x) {
   using V = at::vec::Vectorized<float>;
   x = at::vec::clamp(x, V(-9.0f), V(9.0f));
